@@ -1,0 +1,107 @@
+"""Load, validate and localize topology files."""
+
+from __future__ import annotations
+
+import ipaddress
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from crosszone.config.rules import check_topology
+from crosszone.config.topology import Topology
+from crosszone.errors import ConfigError, ConfigProblem
+
+DEFAULT_SOURCE = "<built-in local default>"
+LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def parse_topology(data: Any, source: str = "<topology>") -> Topology:
+    """Validate a parsed document; raise ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [ConfigProblem("<root>", type(data).__name__,
+                                                 "the topology must be a mapping")])
+    try:
+        topology = Topology.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            ConfigProblem(_loc_to_path(tuple(err["loc"])), err.get("input"), err["msg"])
+            for err in exc.errors()
+        ]
+        raise ConfigError(source, problems) from None
+    problems = check_topology(topology)
+    if problems:
+        raise ConfigError(source, problems)
+    return topology
+
+
+def read_document(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [ConfigProblem("<file>", str(path),
+                                                    f"cannot read: {exc.strerror}")]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
+        raise ConfigError(str(path), [ConfigProblem(where, None, f"invalid YAML: {exc}")]) from None
+
+
+def default_document() -> Any:
+    text = resources.files("crosszone.config").joinpath("default.yaml").read_text("utf-8")
+    return yaml.safe_load(text)
+
+
+def load_topology(path: str | Path | None = None) -> Topology:
+    """Load a topology file, or the built-in local default when ``path`` is None."""
+    if path is None:
+        return parse_topology(default_document(), DEFAULT_SOURCE)
+    p = Path(path)
+    return parse_topology(read_document(p), str(p))
+
+
+def is_local(t: Topology) -> bool:
+    return all(ipaddress.IPv4Network(z.subnet, strict=False).subnet_of(LOOPBACK) for z in t.zones)
+
+
+def localize(t: Topology) -> tuple[Topology, list[str]]:
+    """Map a topology whose subnets are not on loopback onto 127.0.N.0/24 for a one-machine run.
+
+    crosszone never sends traffic to the addresses of a production topology (10.0.N.0/24 in the
+    seed) from the local runtime: each zone keeps its place in the list and moves to the loopback
+    /24 with the same third octet position, and the load balancer binds 127.0.0.1.
+    """
+    if is_local(t) and ipaddress.IPv4Address(t.load_balancer.address) in LOOPBACK:
+        return t, []
+    notes: list[str] = []
+    zones = []
+    for i, zone in enumerate(t.zones):
+        local = f"127.0.{i + 1}.0/24"
+        notes.append(f"zone {zone.name}: subnet {zone.subnet} runs locally on {local}")
+        zones.append(zone.model_copy(update={"subnet": local}))
+    lb = t.load_balancer.model_copy(update={"address": "127.0.0.1"})
+    vpc = t.vpc.model_copy(update={"cidr": "127.0.0.0/8"})
+    notes.append(f"load balancer {t.load_balancer.address} runs locally on 127.0.0.1")
+    return t.model_copy(update={"zones": zones, "load_balancer": lb, "vpc": vpc}), notes
+
+
+def topology_schema() -> dict[str, Any]:
+    """JSON Schema of the topology file, for editors."""
+    schema = Topology.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "crosszone topology"
+    return schema

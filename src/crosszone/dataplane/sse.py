@@ -1,0 +1,52 @@
+"""Server-sent events framing, as OpenAI and DeepSeek send it (``data: {json}\\n\\n``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+DONE = b"data: [DONE]\n\n"
+
+
+def encode_event(payload: Any) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+class SSEDecoder:
+    """Incremental decoder: feed bytes as they arrive, get whole events' data fields out.
+
+    Handles events split across reads, several events in one read, CRLF line endings, comment
+    lines (``: keep-alive``) and multi-line data fields.
+    """
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        self._buf += chunk
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                return
+            line = self._buf[:nl].rstrip(b"\r")
+            self._buf = self._buf[nl + 1 :]
+            if not line:
+                if self._data:
+                    yield b"\n".join(self._data)
+                    self._data = []
+                continue
+            if line.startswith(b":"):
+                continue
+            field, _, value = line.partition(b":")
+            if value.startswith(b" "):
+                value = value[1:]
+            if field == b"data":
+                self._data.append(value)
+
+    @property
+    def pending(self) -> bool:
+        """True while a partial event is buffered (the stream was cut mid-event)."""
+        return bool(self._buf.strip() or self._data)
