@@ -90,12 +90,17 @@ def localize(t: Topology) -> tuple[Topology, list[str]]:
     notes: list[str] = []
     zones = []
     for i, zone in enumerate(t.zones):
+        if ipaddress.IPv4Network(zone.subnet, strict=False).subnet_of(LOOPBACK):
+            zones.append(zone)
+            continue
         local = f"127.0.{i + 1}.0/24"
         notes.append(f"zone {zone.name}: subnet {zone.subnet} runs locally on {local}")
         zones.append(zone.model_copy(update={"subnet": local}))
-    lb = t.load_balancer.model_copy(update={"address": "127.0.0.1"})
+    lb = t.load_balancer
+    if ipaddress.IPv4Address(lb.address) not in LOOPBACK:
+        notes.append(f"load balancer {lb.address} runs locally on 127.0.0.1")
+        lb = lb.model_copy(update={"address": "127.0.0.1"})
     vpc = t.vpc.model_copy(update={"cidr": "127.0.0.0/8"})
-    notes.append(f"load balancer {t.load_balancer.address} runs locally on 127.0.0.1")
     return t.model_copy(update={"zones": zones, "load_balancer": lb, "vpc": vpc}), notes
 
 

@@ -22,7 +22,8 @@ def check_topology(t: Topology) -> list[ConfigProblem]:
     seen: dict[str, int] = {}
     for i, zone in enumerate(t.zones):
         if zone.name in seen:
-            add(ConfigProblem(f"zones[{i}].name", zone.name, f"duplicates zones[{seen[zone.name]}]"))
+            first = seen[zone.name]
+            add(ConfigProblem(f"zones[{i}].name", zone.name, f"duplicates zones[{first}]"))
         seen.setdefault(zone.name, i)
         problems += _check_subnet(t, i)
         group = t.worker_group_of(zone.name)
@@ -47,6 +48,11 @@ def check_topology(t: Topology) -> list[ConfigProblem]:
         add(ConfigProblem("load_balancer.tls", tls.model_dump(),
                           "give both cert_file and key_file, or neither"))
 
+    try:
+        ipaddress.IPv4Address(t.load_balancer.address)
+    except ValueError:
+        add(ConfigProblem("load_balancer.address", t.load_balancer.address,
+                          "must be an IPv4 address"))
     problems += _check_failover(t, names)
 
     if t.inference.backend == "openai" and t.inference.upstream is None:
@@ -94,7 +100,7 @@ def _check_group(where: str, zone: str, lo: int, hi: int, desired: int) -> list[
     out: list[ConfigProblem] = []
     if desired < 1:
         out.append(ConfigProblem(f"{where}.desired_capacity", desired,
-                                 f"leaves zone {zone} with no worker (isolation: every zone serves)"))
+                                 f"leaves zone {zone} with no worker (every zone serves)"))
     if lo < 1:
         out.append(ConfigProblem(f"{where}.min_size", lo,
                                  f"lets zone {zone} scale to zero workers"))
@@ -104,7 +110,7 @@ def _check_group(where: str, zone: str, lo: int, hi: int, desired: int) -> list[
         out.append(ConfigProblem(f"{where}.desired_capacity", desired,
                                  f"must lie between min_size ({lo}) and max_size ({hi})"))
     if hi > 200:
-        out.append(ConfigProblem(f"{where}.max_size", hi, "at most 200 workers fit in a zone subnet"))
+        out.append(ConfigProblem(f"{where}.max_size", hi, "at most 200 workers fit in a subnet"))
     return out
 
 

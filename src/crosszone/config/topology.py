@@ -1,9 +1,9 @@
 """Pydantic models of the topology file.
 
-Field names follow the seed article so its readers recognise them: Terraform's snake_case for the
-auto-scaling group (``min_size``, ``desired_capacity``), the k8s-style camelCase for the load balancer
-(``targetPort``, ``healthCheck``, ``intervalSeconds``). Structural checks live here; the seed's
-principles (cross-field rules) live in :mod:`crosszone.config.rules`.
+Field names follow the seed article so its readers recognise them: Terraform's snake_case for
+the auto-scaling group (``min_size``, ``desired_capacity``), the k8s-style camelCase for the load
+balancer (``targetPort``, ``healthCheck``, ``intervalSeconds``). Structural checks live here;
+the seed's principles (cross-field rules) live in :mod:`crosszone.config.rules`.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ class LoadBalancer(_Model):
     type: Literal["multi-zone"] = "multi-zone"
     address: str = Field("127.0.0.1", description="address the listeners bind to")
     listeners: list[Listener] = Field(
-        default_factory=lambda: [Listener(protocol="HTTPS", port=443, targetPort=8080)]
+        default_factory=lambda: [
+            Listener.model_validate({"protocol": "HTTPS", "port": 443, "targetPort": 8080})]
     )
     health_check: HealthCheck = Field(default_factory=HealthCheck, alias="healthCheck")
     tls: Tls = Field(default_factory=Tls)
@@ -103,7 +104,8 @@ class Gateway(_Model):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     max_attempts: int = Field(3, ge=1, le=10, description="tries before the first byte is sent")
     health_check: HealthCheck = Field(
-        default_factory=lambda: HealthCheck(intervalSeconds=5, timeoutSeconds=2),
+        default_factory=lambda: HealthCheck.model_validate(
+            {"intervalSeconds": 5, "timeoutSeconds": 2}),
         alias="healthCheck",
         description="active checks of this zone's workers",
     )
@@ -144,9 +146,9 @@ class Simulator(_Model):
 
 
 class Upstream(_Model):
-    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://host:8000/v1")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
-    models: list[str] | None = Field(None, description="model names to serve; default: ask upstream")
+    models: list[str] | None = Field(None, description="served models; default: ask upstream")
     model_map: dict[str, str] = Field(default_factory=dict, description="served name -> upstream")
     continuation: Literal["deepseek-prefix", "vllm-continue", "completions"] = "deepseek-prefix"
 

@@ -36,7 +36,8 @@ class GenerationRequest:
     temperature: float | None = None
     stop: list[str] = field(default_factory=list)
     request_id: str = ""
-    # Raw completions (POST /v1/completions): the prompt, with ``messages`` empty.
+    # Raw completions (POST /v1/completions): the prompt, with ``messages`` empty, or holding
+    # just one assistant ``prefix=True`` message: the completion text to continue from.
     prompt: str | None = None
 
 
@@ -76,6 +77,9 @@ class InferenceEngine(ABC):
     def stats(self) -> dict[str, float]:
         """Gauges for /metrics: running sequences, queued requests, and the like."""
         return {}
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections and start background tasks; called once before serving."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and background tasks."""
