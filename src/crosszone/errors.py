@@ -63,3 +63,108 @@ class EngineError(CrosszoneError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class StoreError(CrosszoneError):
+    """A zone store (SQLite, PostgreSQL, or a remote store service) could not do what was asked.
+
+    ``code`` is the machine-readable reason carried in HTTP error bodies, so a remote caller can
+    rebuild the same exception class (see :func:`store_error_from_code`).
+    """
+
+    code = "store_error"
+    status = 500
+    retryable = False
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or opened right now; retrying later may succeed."""
+
+    code = "store_unavailable"
+    status = 503
+    retryable = True
+
+
+class StoreConflict(StoreError):
+    """The key is held by an in-doubt cross-zone transaction (or a lock wait timed out)."""
+
+    code = "store_conflict"
+    status = 409
+    retryable = True
+
+
+class TransactionAborted(StoreError):
+    """A cross-zone transaction rolled back: a participant voted no, timed out or was fenced."""
+
+    code = "transaction_aborted"
+    status = 409
+    retryable = True
+
+
+class Fenced(StoreError):
+    """A stale fencing token was presented, or this store lost its lease: no strong operations."""
+
+    code = "fenced"
+    status = 409
+    retryable = False
+
+
+def store_error_from_code(code: str | None, message: str) -> StoreError:
+    """Rebuild the StoreError subclass named by an HTTP error body's ``code``."""
+    for cls in (StoreUnavailable, StoreConflict, TransactionAborted, Fenced):
+        if cls.code == code:
+            return cls(message)
+    return StoreError(message)
+
+
+# --- control plane (crosszone.control) -------------------------------------------------------
+
+
+class CoordinationError(CrosszoneError):
+    """The coordination store (embedded Raft, etcd) did not answer in time or refused a request."""
+
+
+class LeaseLost(CoordinationError):
+    """The leader lease is no longer ours: it expired, was taken over, or could not be renewed."""
+
+
+class StaleFencingToken(CrosszoneError):
+    """A command carried a fencing token older than one the receiver has already seen."""
+
+    def __init__(self, token: int, highest: int) -> None:
+        super().__init__(f"fencing token {token} is older than {highest}, already seen: "
+                         "the sender is no longer the leader")
+        self.token = token
+        self.highest = highest
+
+
+class ShiftRejected(CrosszoneError):
+    """A zonal shift request is invalid (unknown zone, no expiry, no reason) or unsafe."""
+
+
+class ControllerUnavailable(CrosszoneError):
+    """No controller of the topology answered (every zone's control API was unreachable)."""
+
+
+class ChaosError(CrosszoneError):
+    """A chaos experiment could not be created, removed or found."""
+
+
+class ChaosPermissionError(ChaosError):
+    """The fault needs a privilege this process lacks (root, for nftables and cgroups)."""
+
+
+class ExperimentNotFound(ChaosError):
+    """No chaos experiment has the given UID in this run directory."""
+
+
+class NetlinkError(ChaosError):
+    """The kernel refused a netfilter netlink request; ``code`` is the errno."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class InvalidExperiment(ChaosError):
+    """An experiment's parameters are wrong (the user must change the command)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 from importlib import resources
 from pathlib import Path
@@ -29,22 +30,61 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
 
 
 def parse_topology(data: Any, source: str = "<topology>") -> Topology:
-    """Validate a parsed document; raise ConfigError listing every problem."""
+    """Validate a parsed document; raise ConfigError listing every problem.
+
+    Structural problems (types, unknown keys) do not hide the seed's rules: the offending values
+    are pruned from a copy and the rules run on what remains, so one pass reports both kinds.
+    """
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigProblem("<root>", type(data).__name__,
                                                  "the topology must be a mapping")])
-    try:
-        topology = Topology.model_validate(data)
-    except ValidationError as exc:
-        problems = [
-            ConfigProblem(_loc_to_path(tuple(err["loc"])), err.get("input"), err["msg"])
-            for err in exc.errors()
-        ]
-        raise ConfigError(source, problems) from None
-    problems = check_topology(topology)
+    problems: list[ConfigProblem] = []
+    pruned: list[str] = []
+    doc: Any = data
+    for _ in range(4):
+        try:
+            topology = Topology.model_validate(doc)
+            break
+        except ValidationError as exc:
+            errors = exc.errors()
+            problems += [ConfigProblem(_loc_to_path(tuple(e["loc"])), e.get("input"), e["msg"])
+                         for e in errors]
+            doc = copy.deepcopy(doc)
+            if not all(_prune(doc, tuple(e["loc"])) for e in errors):
+                raise ConfigError(source, _unique(problems)) from None
+            pruned += [_loc_to_path(tuple(e["loc"])) for e in errors]
+    else:
+        raise ConfigError(source, _unique(problems))
+    problems += [p for p in check_topology(topology)
+                 if not any(p.path.startswith(q) for q in pruned)]
     if problems:
-        raise ConfigError(source, problems)
+        raise ConfigError(source, _unique(problems))
     return topology
+
+
+def _prune(doc: Any, loc: tuple[int | str, ...]) -> bool:
+    """Remove the value at ``loc`` so its default applies; False if that is not possible."""
+    node = doc
+    for part in loc[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return True  # already gone with an enclosing value
+    last = loc[-1] if loc else None
+    if isinstance(node, dict) and last in node:
+        del node[last]
+        return True
+    return False
+
+
+def _unique(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for p in problems:
+        if (p.path, p.message) not in seen:
+            seen.add((p.path, p.message))
+            out.append(p)
+    return out
 
 
 def read_document(path: Path) -> Any:

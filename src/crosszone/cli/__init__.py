@@ -1,0 +1,1 @@
+"""The ``crosszone`` command line."""

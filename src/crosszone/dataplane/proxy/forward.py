@@ -1,0 +1,182 @@
+"""Forward one request to a pool, retrying on another endpoint until a byte reaches the client.
+
+Each attempt picks an endpoint the request has not tried yet. A refused or broken connection, a
+timeout or a 5xx answer ejects that endpoint at once (passive health) and, as long as the client
+has received nothing, the request moves on, up to ``max_attempts`` tries and the total timeout.
+A 4xx answer is the client's problem and is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from crosszone.config.topology import Timeouts
+from crosszone.dataplane.openai_errors import error_response
+from crosszone.dataplane.proxy.errors import AttemptError, BufferedResponse, describe, silent
+from crosszone.dataplane.proxy.headers import REQUEST_ID, client_headers
+from crosszone.dataplane.proxy.metrics import HopMetrics
+from crosszone.dataplane.proxy.pool import Endpoint, UpstreamPool
+from crosszone.dataplane.proxy.relay import StreamRelay
+
+log = logging.getLogger(__name__)
+
+# Headers a hop adds to its answer: (endpoint that served or None, attempts made) -> headers.
+ServedHeaders = Callable[[Endpoint | None, int], dict[str, str]]
+
+
+class Forwarder:
+    """Sends requests to a pool over one shared keep-alive session (set before use)."""
+
+    def __init__(self, pool: UpstreamPool, timeouts: Timeouts, max_attempts: int,
+                 metrics: HopMetrics, served_headers: ServedHeaders) -> None:
+        self.pool = pool
+        self.timeouts = timeouts
+        self.max_attempts = max_attempts
+        self.metrics = metrics
+        self.served_headers = served_headers
+        self.session: aiohttp.ClientSession | None = None
+        # Only the connect phase is left to aiohttp; the other phases use deadlines below.
+        self._client_timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeouts.connect_seconds, sock_connect=timeouts.connect_seconds)
+
+    async def forward(self, request: web.Request, body: bytes, headers: CIMultiDict[str],
+                      rid: str) -> web.StreamResponse:
+        """Answer ``request`` from the pool; never raises for upstream failures."""
+        loop_time = asyncio.get_running_loop().time
+        started = loop_time()
+        deadline = started + self.timeouts.total_seconds
+        tried: list[Endpoint] = []
+        last: AttemptError | None = None
+        while len(tried) < self.max_attempts and loop_time() < deadline:
+            ep = self.pool.pick(tried)
+            if ep is None:
+                break
+            if last is not None:
+                self.metrics.count_retry(last.reason)
+            tried.append(ep)
+            self.metrics.count_attempt(ep.name)
+            ep.outstanding += 1
+            try:
+                return await self._attempt(ep, len(tried), request, body, headers, rid,
+                                           started, deadline)
+            except AttemptError as exc:
+                last = exc
+                self._eject(ep, exc)
+            finally:
+                ep.outstanding -= 1
+        return self._give_up(tried, last, rid, started)
+
+    async def _attempt(self, ep: Endpoint, attempt: int, request: web.Request, body: bytes,
+                       headers: CIMultiDict[str], rid: str, started: float,
+                       deadline: float) -> web.StreamResponse:
+        if self.session is None:
+            raise RuntimeError("Forwarder.session is not set (app not started)")
+        loop_time = asyncio.get_running_loop().time
+        attempt_start = loop_time()
+        headers_by = min(attempt_start + self.timeouts.first_byte_seconds, deadline)
+        try:
+            async with asyncio.timeout_at(headers_by) as timer:
+                ep.waiting.add(timer)
+                try:
+                    upstream = await self.session.request(
+                        request.method, URL(ep.url + request.raw_path, encoded=True),
+                        data=body or None, headers=headers, timeout=self._client_timeout,
+                        allow_redirects=False)
+                finally:
+                    ep.waiting.discard(timer)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise AttemptError("connect", f"cannot connect to {ep.name}: {describe(exc)}"
+                               ) from exc
+        except TimeoutError as exc:
+            raise AttemptError("timeout", silent(ep, f"sent no response headers within "
+                                                     f"{headers_by - attempt_start:.3g}s")
+                               ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AttemptError("reset", f"{ep.name}: {describe(exc)}") from exc
+
+        extra = self.served_headers(ep, attempt)
+        extra[REQUEST_ID] = rid
+        try:
+            if upstream.status >= 500:
+                raise AttemptError("status", f"{ep.name} answered HTTP {upstream.status}",
+                                   response=await self._read_quietly(upstream, deadline))
+            if upstream.content_type == "text/event-stream":
+                idle = self.timeouts.idle_seconds
+                relay = StreamRelay(request, upstream, ep, idle_seconds=idle, deadline=deadline,
+                                    extra_headers=extra)
+                response = await relay.run(max(headers_by, loop_time() + idle))
+                if relay.failure is not None:
+                    self._eject(ep, relay.failure)
+                end = loop_time()
+                self.metrics.ttfb.observe((relay.first_byte_at or end) - started)
+                self.metrics.duration.observe(end - started)
+                return response
+            data = await self._read(upstream, ep, deadline)
+        finally:
+            upstream.release()
+        elapsed = loop_time() - started
+        self.metrics.ttfb.observe(elapsed)
+        self.metrics.duration.observe(elapsed)
+        return web.Response(status=upstream.status, body=data,
+                            headers=client_headers(upstream.headers, extra))
+
+    async def _read(self, upstream: aiohttp.ClientResponse, ep: Endpoint,
+                    deadline: float) -> bytes:
+        """The whole body of a non-streaming answer, before the client sees anything."""
+        loop_time = asyncio.get_running_loop().time
+        try:
+            async with asyncio.timeout_at(min(loop_time() + self.timeouts.idle_seconds,
+                                              deadline)) as timer:
+                ep.waiting.add(timer)
+                try:
+                    return await upstream.read()
+                finally:
+                    ep.waiting.discard(timer)
+        except TimeoutError as exc:
+            raise AttemptError("timeout", silent(ep, "stalled while sending its body")) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AttemptError("reset", f"{ep.name} broke its body: {describe(exc)}") from exc
+
+    async def _read_quietly(self, upstream: aiohttp.ClientResponse,
+                            deadline: float) -> BufferedResponse | None:
+        """A 5xx answer kept whole, to pass through if no other endpoint does better."""
+        loop_time = asyncio.get_running_loop().time
+        try:
+            async with asyncio.timeout_at(min(loop_time() + self.timeouts.idle_seconds,
+                                              deadline)):
+                body = await upstream.read()
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return None
+        return BufferedResponse(upstream.status, upstream.headers, body)
+
+    def _eject(self, ep: Endpoint, failure: AttemptError) -> None:
+        if self.pool.eject(ep, str(failure)):
+            self.metrics.count_ejection(ep.name, failure.reason)
+            log.warning("ejected %s: %s", ep.name, failure)
+
+    def _give_up(self, tried: list[Endpoint], last: AttemptError | None, rid: str,
+                 started: float) -> web.Response:
+        """Nothing could serve: the last 5xx as it came, else an OpenAI-style error."""
+        extra = self.served_headers(None, len(tried))
+        extra[REQUEST_ID] = rid
+        self.metrics.duration.observe(asyncio.get_running_loop().time() - started)
+        if last is not None and last.response is not None:
+            kept = last.response
+            return web.Response(status=kept.status, body=kept.body,
+                                headers=client_headers(kept.headers, extra))
+        if last is None:
+            return error_response(503, "no healthy upstream is available",
+                                  code="no_healthy_upstream", headers=extra)
+        if last.reason == "timeout":
+            return error_response(504, f"upstream timed out after {len(tried)} attempt(s): "
+                                  f"{last}", code="upstream_timeout", headers=extra)
+        return error_response(503, f"no upstream could serve the request after {len(tried)} "
+                              f"attempt(s); last: {last}", code="no_healthy_upstream",
+                              headers=extra)

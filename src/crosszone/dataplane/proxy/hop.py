@@ -1,0 +1,86 @@
+"""One proxy hop (a zone gateway, or the load balancer): pool, session, checks, forwarding.
+
+The gateway and the load balancer differ only in their pool, their policy and the checks in front
+of forwarding; everything else lives here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+
+from crosszone.config.topology import HealthCheck, Timeouts
+from crosszone.dataplane.proxy.forward import Forwarder, ServedHeaders
+from crosszone.dataplane.proxy.headers import request_id, upstream_headers
+from crosszone.dataplane.proxy.health import ActiveHealthChecker
+from crosszone.dataplane.proxy.metrics import CONTENT_TYPE, HopMetrics
+from crosszone.dataplane.proxy.pool import UpstreamPool
+
+
+def new_session() -> aiohttp.ClientSession:
+    """The one client session of a hop: keep-alive, no connection cap, bytes relayed as-is."""
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
+                                     keepalive_timeout=30)
+    return aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+        # the client's own headers go through; aiohttp must not invent any of these
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        trust_env=False)
+
+
+class ProxyHop:
+    """Owns a hop's pool, session, active checker and forwarder, and ties them to an app."""
+
+    def __init__(self, pool: UpstreamPool, *, timeouts: Timeouts, max_attempts: int,
+                 health_check: HealthCheck, metrics_prefix: str, served_headers: ServedHeaders,
+                 label: str) -> None:
+        self.pool = pool
+        self.label = label
+        self.metrics = HopMetrics(metrics_prefix)
+        self.forwarder = Forwarder(pool, timeouts, max_attempts, self.metrics, served_headers)
+        self.checker = ActiveHealthChecker(pool, health_check, label=label)
+        self.session: aiohttp.ClientSession | None = None
+
+    def attach(self, app: web.Application) -> None:
+        """Start with the app (on_startup), stop with it (on_cleanup)."""
+        async def on_startup(_: web.Application) -> None:
+            await self.start()
+
+        async def on_cleanup(_: web.Application) -> None:
+            await self.stop()
+
+        app.on_startup.append(on_startup)
+        app.on_cleanup.append(on_cleanup)
+
+    async def start(self) -> None:
+        if self.session is None:
+            self.session = new_session()
+            self.forwarder.session = self.session
+        await self.checker.start()
+
+    async def stop(self) -> None:
+        await self.checker.stop()
+        if self.session is not None:
+            self.forwarder.session = None
+            await self.session.close()
+            self.session = None
+            await asyncio.sleep(0)  # let the connector's transports close
+
+    async def proxy(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """Forward ``request`` (its body already read and checked) and count the answer."""
+        metrics = self.metrics
+        metrics.in_flight += 1
+        try:
+            rid = request_id(request.headers)
+            response = await self.forwarder.forward(
+                request, body, upstream_headers(request.headers, rid), rid)
+        finally:
+            metrics.in_flight -= 1
+        metrics.count_request(request.path, response.status)
+        return response
+
+    def metrics_response(self) -> web.Response:
+        return web.Response(body=self.metrics.render(self.pool),
+                            headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,229 @@
+"""The local supervisor: one child process per node, restarted per ``topology.supervision``.
+
+Run as ``python -m crosszone.runtime.supervisor --run-dir D`` (``crosszone up`` does it, detached).
+Each tick is one :meth:`Supervisor.run_cycle` (observe exits, decide by policy, act) returning a
+sentence saying what it did. Children get PR_SET_PDEATHSIG=SIGKILL so none outlives a dead
+supervisor. On SIGTERM/SIGINT or ``POST /stop`` every child gets SIGCONT and SIGTERM, then SIGKILL
+after STOP_GRACE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from crosszone.config import Placement, Topology
+from crosszone.errors import CrosszoneError
+from crosszone.runtime.child import ManagedProcess, component_argv
+from crosszone.runtime.control import Selector, create_control_app, start_control_server
+from crosszone.runtime.processes import signal_from_name
+from crosszone.runtime.rundir import RunDir
+
+TICK_SECONDS = 0.1
+STOP_GRACE_SECONDS = 5.0
+
+log = logging.getLogger("crosszone.supervisor")
+
+
+class Supervisor:
+    def __init__(self, topology: Topology, run_dir: RunDir) -> None:
+        self.topology = topology
+        self.run_dir = run_dir
+        self.policy = topology.supervision
+        self.state = "running"
+        self.started_at = time.time()
+        self.processes = [
+            ManagedProcess(node, component_argv(node, run_dir.topology_file, run_dir.path),
+                           run_dir.log_for(node.name))
+            for node in Placement(topology).all_nodes()
+        ]
+
+    # --- the supervision loop ------------------------------------------------------------------
+
+    def run_cycle(self, now: float | None = None) -> str:
+        """Reap exited children, schedule restarts per policy, start those whose time has come."""
+        now = time.monotonic() if now is None else now
+        actions: list[str] = []
+        for proc in self.processes:
+            code = proc.reap()
+            if code is not None:
+                actions.append(self._decide(proc, code, now))
+            if proc.state == "backoff" and proc.next_start is not None and now >= proc.next_start:
+                actions.append(self._start(proc, now))
+        if actions:
+            self.write_state()
+            return "; ".join(actions)
+        running = sum(p.state == "running" for p in self.processes)
+        return f"no change: {running}/{len(self.processes)} running"
+
+    def _decide(self, proc: ManagedProcess, code: int, now: float) -> str:
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        if proc.held:
+            proc.state = "held"
+            return f"{proc.name} {how}; held"
+        restart = self.policy.restart
+        if restart == "always" or (restart == "on-failure" and code != 0):
+            delay = proc.schedule_restart(now, self.policy.backoff_initial_seconds,
+                                          self.policy.backoff_max_seconds)
+            return f"{proc.name} {how}; restarting in {delay:.1f}s"
+        proc.state = "exited"
+        proc.next_start = None
+        return f"{proc.name} {how}; not restarted (restart: {restart})"
+
+    def _start(self, proc: ManagedProcess, now: float) -> str:
+        verb = "restarted" if proc.starts else "started"
+        try:
+            pid = proc.start(now)
+        except OSError as exc:
+            delay = proc.schedule_restart(now, self.policy.backoff_initial_seconds,
+                                          self.policy.backoff_max_seconds)
+            return f"cannot start {proc.name} ({exc}); retrying in {delay:.1f}s"
+        return f"{verb} {proc.name} (pid {pid})"
+
+    # --- operator actions (the control API) -----------------------------------------------------
+
+    def select(self, selector: Selector) -> list[ManagedProcess]:
+        return [p for p in self.processes if selector.matches(p.node)]
+
+    def hold(self, selector: Selector, signal_name: str) -> list[str]:
+        """Signal the matching processes and keep them from being restarted until released."""
+        sig = signal_from_name(signal_name)
+        matched = self.select(selector)
+        for proc in matched:
+            proc.held = True
+            proc.state = "held"
+            proc.next_start = None
+            proc.send(sig)
+        if matched:
+            log.info("held %s with SIG%s", ", ".join(p.name for p in matched), signal_name)
+            self.write_state()
+        return [p.name for p in matched]
+
+    def release(self, selector: Selector) -> list[str]:
+        """Resume frozen processes, start killed ones now; the backoff starts over."""
+        matched = self.select(selector)
+        now = time.monotonic()
+        for proc in matched:
+            proc.reap()
+            proc.held = False
+            proc.backoff = 0.0
+            if proc.pid is not None and proc.popen is not None and proc.popen.poll() is None:
+                proc.send(signal.SIGCONT)
+                proc.state = "running"
+            elif proc.state in ("held", "exited", "backoff"):
+                log.info("%s", self._start(proc, now))
+        if matched:
+            log.info("released %s", ", ".join(p.name for p in matched))
+            self.write_state()
+        return [p.name for p in matched]
+
+    def signal(self, selector: Selector, signal_name: str) -> list[str]:
+        """Send a signal without holding: a process it ends is restarted per policy."""
+        sig = signal_from_name(signal_name)
+        matched = self.select(selector)
+        for proc in matched:
+            proc.send(sig)
+        if matched:
+            log.info("sent SIG%s to %s", signal_name, ", ".join(p.name for p in matched))
+            self.write_state()
+        return [p.name for p in matched]
+
+    # --- state and shutdown ---------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"supervisor": {"pid": os.getpid(), "state": self.state,
+                               "started_at": self.started_at},
+                "updated_at": time.time(),
+                "processes": [p.record() for p in self.processes]}
+
+    def write_state(self) -> None:
+        try:
+            self.run_dir.write_state(self.snapshot())
+        except OSError as exc:  # a missing run dir must not kill the supervision loop
+            log.error("cannot write %s: %s", self.run_dir.state_file, exc)
+
+    async def stop_all(self, grace: float = STOP_GRACE_SECONDS) -> str:
+        """SIGCONT + SIGTERM every child, SIGKILL those still alive after ``grace`` seconds."""
+        self.state = "stopping"
+        for proc in self.processes:
+            proc.held = True  # nothing restarts from here on
+            proc.send(signal.SIGCONT)
+            proc.send(signal.SIGTERM)
+        self.write_state()
+        deadline = time.monotonic() + grace
+        while any(p.popen is not None for p in self.processes):
+            for proc in self.processes:
+                proc.reap()
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        killed = [p.name for p in self.processes if p.send(signal.SIGKILL)]
+        for proc in self.processes:
+            if proc.popen is not None:
+                proc.popen.wait()
+                proc.reap()
+            proc.state = "exited"
+        self.state = "stopped"
+        self.write_state()
+        extra = f"; SIGKILLed {', '.join(killed)} after {grace:g}s" if killed else ""
+        return f"stopped {len(self.processes)} processes{extra}"
+
+
+async def supervise(run_dir: RunDir) -> int:
+    topology = run_dir.load_topology()
+    supervisor = Supervisor(topology, run_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    supervisor.write_state()
+    control = await start_control_server(run_dir.socket_path,
+                                         create_control_app(supervisor, stop))
+    log.info("supervisor pid %d: %d processes, control socket %s", os.getpid(),
+             len(supervisor.processes), run_dir.socket_path)
+    try:
+        last = ""
+        while not stop.is_set():
+            sentence = supervisor.run_cycle()
+            if sentence != last:
+                log.info("%s", sentence)
+                last = sentence
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), TICK_SECONDS)
+        log.info("stopping")
+    finally:
+        log.info("%s", await supervisor.stop_all())
+        await control.cleanup()
+        run_dir.socket_path.unlink(missing_ok=True)
+    log.info("supervisor exits")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m crosszone.runtime.supervisor")
+    parser.add_argument("--run-dir", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s [supervisor] %(message)s")
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        return int(runner(supervise(RunDir.at(args.run_dir))))
+    except CrosszoneError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
