@@ -66,7 +66,7 @@ def create_gateway_app(topology: Topology, node: Node) -> web.Application:
     hop = ProxyHop(gateway_pool(topology, zone), timeouts=gw.timeouts,
                    max_attempts=gw.max_attempts, health_check=gw.health_check,
                    metrics_prefix="crosszone_gateway", served_headers=_served,
-                   label=f"gateway {zone}")
+                   label=f"gateway {zone}", source_host=node.host)
     auth = ApiKeyAuth(topology.auth.api_keys)
     too_large = f"request body exceeds {max_body} bytes"
 

@@ -27,8 +27,10 @@ class ActiveHealthChecker:
     """Checks every endpoint of a pool; :meth:`run_cycle` is one tick, :meth:`run` the loop."""
 
     def __init__(self, pool: UpstreamPool, check: HealthCheck, *,
-                 session: aiohttp.ClientSession | None = None, label: str = "health") -> None:
+                 session: aiohttp.ClientSession | None = None, label: str = "health",
+                 source_host: str | None = None) -> None:
         self.pool = pool
+        self.source_host = source_host
         self.check = check
         self.label = label
         self.cycles = 0
@@ -40,7 +42,8 @@ class ActiveHealthChecker:
         """Open the probe session (unless one was given) and start the loop."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30,
+                                               local_addr=_local_addr(self.source_host)),
                 cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
         if self._task is None:
             self._task = asyncio.create_task(self.run(), name=f"{self.label}-checker")
@@ -138,3 +141,8 @@ class ActiveHealthChecker:
             changes.append(f"{ep.name} returned from ejection after {ep.successes}"
                            " consecutive successes")
         return "; ".join(changes) or None
+
+
+def _local_addr(host: str | None) -> tuple[str, int] | None:
+    """Bind outgoing probes to the node's own address so faults on its zone subnet hit them."""
+    return (host, 0) if host else None

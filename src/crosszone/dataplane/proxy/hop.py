@@ -19,10 +19,15 @@ from crosszone.dataplane.proxy.metrics import CONTENT_TYPE, HopMetrics
 from crosszone.dataplane.proxy.pool import UpstreamPool
 
 
-def new_session() -> aiohttp.ClientSession:
-    """The one client session of a hop: keep-alive, no connection cap, bytes relayed as-is."""
+def new_session(source_host: str | None = None) -> aiohttp.ClientSession:
+    """The one client session of a hop: keep-alive, no connection cap, bytes relayed as-is.
+
+    ``source_host`` binds outgoing connections to the node's own address, so that a network
+    fault on its zone's subnet affects what it sends, not only what it receives.
+    """
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
-                                     keepalive_timeout=30)
+                                     keepalive_timeout=30,
+                                     local_addr=(source_host, 0) if source_host else None)
     return aiohttp.ClientSession(
         connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
         # the client's own headers go through; aiohttp must not invent any of these
@@ -35,12 +40,14 @@ class ProxyHop:
 
     def __init__(self, pool: UpstreamPool, *, timeouts: Timeouts, max_attempts: int,
                  health_check: HealthCheck, metrics_prefix: str, served_headers: ServedHeaders,
-                 label: str) -> None:
+                 label: str, source_host: str | None = None) -> None:
         self.pool = pool
         self.label = label
+        self.source_host = source_host
         self.metrics = HopMetrics(metrics_prefix)
         self.forwarder = Forwarder(pool, timeouts, max_attempts, self.metrics, served_headers)
-        self.checker = ActiveHealthChecker(pool, health_check, label=label)
+        self.checker = ActiveHealthChecker(pool, health_check, label=label,
+                                           source_host=source_host)
         self.session: aiohttp.ClientSession | None = None
 
     def attach(self, app: web.Application) -> None:
@@ -56,7 +63,7 @@ class ProxyHop:
 
     async def start(self) -> None:
         if self.session is None:
-            self.session = new_session()
+            self.session = new_session(self.source_host)
             self.forwarder.session = self.session
         await self.checker.start()
 
