@@ -188,6 +188,26 @@ def test_completions_continuation_with_prefix(prompt: str, k: int, model: str) -
     asyncio.run(go())
 
 
+@settings(max_examples=60, deadline=None)
+@given(prompt=_prompts, k=st.integers(1, 40))
+def test_completions_continue_when_the_output_is_appended_to_the_prompt(prompt: str,
+                                                                        k: int) -> None:
+    """What a raw-completions client does: prompt + text so far, no prefix field."""
+    async def go() -> None:
+        e = SimulatorEngine(FAST)
+        await e.start()
+        try:
+            full = (await run(e, GenerationRequest("deepseek-chat", [], prompt=prompt)))[:-1]
+            done = min(k, len(full))
+            text = "".join(d.content for d in full[:done])
+            rest = await run(e, GenerationRequest("deepseek-chat", [], prompt=prompt + text))
+            assert rest[:-1] == full[done:]
+        finally:
+            await e.close()
+
+    asyncio.run(go())
+
+
 # -- continuous batching -----------------------------------------------------------------------
 
 

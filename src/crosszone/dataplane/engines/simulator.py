@@ -47,7 +47,7 @@ from crosszone.dataplane.engines.base import (
     Usage,
 )
 from crosszone.dataplane.engines.scheduler import BatchScheduler, Sequence
-from crosszone.dataplane.engines.vocab import count_tokens, derive, stream_key, token_at
+from crosszone.dataplane.engines.vocab import TOKENS, count_tokens, derive, stream_key, token_at
 from crosszone.errors import EngineError
 
 CHAT_MODEL = "deepseek-chat"
@@ -57,6 +57,8 @@ TOKENS_PER_MESSAGE = 4
 
 _REASONING_SALT = 0x5245_4153  # "REAS"
 _LENGTH_SALT = 0x4C45_4E47  # "LENG"
+_TOKEN_SET = frozenset(TOKENS)
+_LONGEST_WORD = max(len(t) for t in TOKENS) - 1
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,51 @@ class SimulatorEngine(InferenceEngine):
         s = self._scheduler
         return {"running": s.running, "queued": s.queued, "tokens_generated": s.tokens_generated}
 
+    def _split_appended(self, model: str, seed: str, text: str) -> tuple[str, int]:
+        """Find ``text == P + (first k tokens of P's own sequence)``, longest k first.
+
+        The last k-1 tokens are whole "word " pieces; the first generated token may be glued to
+        the prompt's last word (raw completions append without a separator). Returns (P, k), or
+        (text, 0) when the text does not end with the simulator's own output.
+        """
+        if not text.endswith(" "):
+            return text, 0
+        tails: list[int] = []  # tails[j]: where the last j+1 whole tokens start
+        pos = len(text)
+        while len(tails) < self.config.max_output_tokens:
+            start = text.rfind(" ", 0, pos - 1) + 1
+            if text[start:pos] not in _TOKEN_SET:
+                break
+            tails.append(start)
+            pos = start
+        for k in range(min(len(tails) + 1, self.config.max_output_tokens), 0, -1):
+            end = tails[k - 2] if k >= 2 else len(text)  # where the glued first token ends
+            for size in range(1, _LONGEST_WORD + 1):
+                first = end - size - 1
+                if first < 0 or text[first:end] not in _TOKEN_SET:
+                    continue
+                key = stream_key("completions", model, seed, text[:first])
+                if self._emits(key, text[first:], k):
+                    return text[:first], k
+        return text, 0
+
+    def _emits(self, key: int, text: str, k: int) -> bool:
+        """True if the stream ``key`` starts with exactly ``text``, its first k tokens."""
+        if k > self._content_length(key):
+            return False
+        pos = 0
+        for i in range(k):
+            token = token_at(key, i)
+            if not text.startswith(token, pos):
+                return False
+            pos += len(token)
+        return pos == len(text)
+
+    def _content_length(self, key: int) -> int:
+        cfg = self.config
+        span = max(cfg.max_output_tokens - cfg.min_output_tokens, 0) + 1
+        return cfg.min_output_tokens + derive(key, _LENGTH_SALT) % span
+
     def plan(self, request: GenerationRequest) -> Plan:
         """Decide what ``request`` emits; pure, so tests can check it without timing."""
         if request.model not in MODELS:
@@ -124,8 +171,15 @@ class SimulatorEngine(InferenceEngine):
                               code="model_not_found")
         messages, prefix = split_prefix(request.messages)
         seed = f"{self.config.seed}/{'' if request.seed is None else request.seed}"
+        appended = 0
         if request.prompt is not None:
-            key = stream_key("completions", request.model, seed, request.prompt)
+            prompt = request.prompt
+            if prefix is None:
+                # A generic client continues a completion by appending the text it got to the
+                # prompt (the upstream engine's "completions" mode does): like a real model, the
+                # simulator then continues its own sequence.
+                prompt, appended = self._split_appended(request.model, seed, prompt)
+            key = stream_key("completions", request.model, seed, prompt)
             prompt_tokens = count_tokens(request.prompt)
             reasoning = 0
         else:
@@ -133,9 +187,7 @@ class SimulatorEngine(InferenceEngine):
             key = stream_key("chat", request.model, seed, *parts)
             prompt_tokens = sum(TOKENS_PER_MESSAGE + count_tokens(m.content) for m in messages)
             reasoning = self.config.reasoning_tokens if request.model == REASONER_MODEL else 0
-        cfg = self.config
-        span = max(cfg.max_output_tokens - cfg.min_output_tokens, 0) + 1
-        content = cfg.min_output_tokens + derive(key, _LENGTH_SALT) % span
+        content = self._content_length(key)
         start = 0
         if prefix is not None:
             done_content = count_tokens(prefix.content)
@@ -143,6 +195,8 @@ class SimulatorEngine(InferenceEngine):
             prompt_tokens += done_content + done_reasoning
             start = reasoning + done_content if done_content else min(done_reasoning, reasoning)
             start = min(start, reasoning + content)
+        if appended:
+            start = min(appended, content)
         stop = reasoning + content
         if request.max_tokens is not None:
             stop = min(stop, start + max(request.max_tokens, 0))
