@@ -71,14 +71,14 @@ async def test_run_cycle_starts_restarts_and_respects_policy(tmp_path: Path) -> 
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
     for proc in supervisor.processes:
         proc.argv = sleeper
-    clean_exit = supervisor.processes[1]  # us-west-2a/gateway
+    by_name = {proc.name: proc for proc in supervisor.processes}
+    clean_exit = by_name["us-west-2a/gateway"]
     clean_exit.argv = [sys.executable, "-c", "pass"]
     try:
         now = time.monotonic()
         first = supervisor.run_cycle(now)
         assert first.count("started ") == len(supervisor.processes)
-        worker = supervisor.processes[0]
-        assert worker.name == "us-west-2a/worker-1"
+        worker = by_name["us-west-2a/worker-1"]
         old_pid = worker.pid
         assert old_pid is not None
         os.kill(old_pid, signal.SIGKILL)
@@ -128,7 +128,7 @@ def test_cli_up_status_refuse_second_up_and_down(tmp_path: Path,
     assert status["urls"]["http"] == "http://127.0.0.103:18000/v1"
     assert status["api_key"].startswith("sk-cz-")
     assert status["ca_cert"]
-    assert len(status["processes"]) == 3 * 3 + 1
+    assert len(status["processes"]) == 3 * 4 + 1  # store, gateway, 2 workers per zone; LB
     assert all(isinstance(p["pid"], int) and p["healthy"] for p in status["processes"])
     pids = [p["pid"] for p in status["processes"]] + [status["supervisor"]["pid"]]
 
@@ -184,7 +184,8 @@ def test_hold_keeps_a_zone_down_until_release(tmp_path: Path,
     stack = start_stack(request, tmp_path / "run", local_topology())
     before = stack.pids()
     held = stack.hold(zone=ZONE_B)
-    assert sorted(held) == [f"{ZONE_B}/gateway", f"{ZONE_B}/worker-1", f"{ZONE_B}/worker-2"]
+    assert sorted(held) == [f"{ZONE_B}/gateway", f"{ZONE_B}/store", f"{ZONE_B}/worker-1",
+                            f"{ZONE_B}/worker-2"]
     wait_until(lambda: all_gone([before[n] for n in held]), what="zone b's processes to die")
     time.sleep(1.5)  # well past the restart backoff: still down
     status = stack.status()

@@ -1,7 +1,7 @@
 """Where every node of a topology lives: one address per node inside its zone's subnet.
 
 Host numbers are fixed so an operator can tell a node's role from its address alone:
-``.10`` is the zone's gateway, ``.21`` upwards its workers.
+``.6`` is the zone's store, ``.10`` its gateway, ``.21`` upwards its workers.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from crosszone.config.topology import Topology
 
+STORE_HOST = 6
 GATEWAY_HOST = 10
 FIRST_WORKER_HOST = 21
 
@@ -20,7 +21,7 @@ class Node:
     """One process of the deployment."""
 
     zone: str | None  # None for the load balancer, which spans zones
-    component: str  # "worker" | "gateway" | "lb"
+    component: str  # "worker" | "gateway" | "store" | "lb"
     index: int
     host: str
     port: int
@@ -49,6 +50,9 @@ class Placement:
 
     def gateway(self, zone: str) -> Node:
         return Node(zone, "gateway", 0, self._host(zone, GATEWAY_HOST), self.topology.gateway.port)
+
+    def store(self, zone: str) -> Node:
+        return Node(zone, "store", 0, self._host(zone, STORE_HOST), self.topology.storage.port)
 
     def worker(self, zone: str, index: int) -> Node:
         group = self.topology.worker_group_of(zone)
@@ -79,6 +83,7 @@ class Placement:
     def all_nodes(self) -> list[Node]:
         nodes: list[Node] = []
         for zone in self.topology.zone_names():
+            nodes.append(self.store(zone))
             nodes += self.workers(zone)
             nodes.append(self.gateway(zone))
         nodes.append(self.lb())

@@ -54,6 +54,11 @@ def check_topology(t: Topology) -> list[ConfigProblem]:
         add(ConfigProblem("load_balancer.address", t.load_balancer.address,
                           "must be an IPv4 address"))
     problems += _check_failover(t, names)
+    if t.storage.backend == "postgres":
+        for i, name in enumerate(names):
+            if name not in t.storage.dsn:
+                add(ConfigProblem(f"storage.dsn.{name}", None,
+                                  f"backend postgres needs a DSN for zones[{i}] ({name})"))
 
     if t.inference.backend == "openai" and t.inference.upstream is None:
         add(ConfigProblem("inference.upstream", None, "backend 'openai' needs an upstream section"))

@@ -97,6 +97,25 @@ class Timeouts(_Model):
     total_seconds: float = Field(600.0, gt=0)
 
 
+CHAT_ROUTE = "/v1/chat/completions"
+COMPLETIONS_ROUTE = "/v1/completions"
+
+
+class Migration(_Model):
+    """Mid-stream failover of streamed answers, and hedged first tokens (both proxy hops)."""
+
+    max_migrations: int = Field(
+        2, ge=0, le=10, description="times one stream may move to another backend; 0 disables")
+    hedge_first_token_ms: float | None = Field(
+        None, gt=0, description="the LB sends a second copy to another zone when the first "
+        "token is slower than this; off when omitted")
+    hedge_budget_percent: float = Field(
+        10.0, ge=0, le=100, description="hedges allowed, as a percentage of hedgeable requests")
+    hedge_routes: list[str] = Field(
+        default_factory=lambda: [CHAT_ROUTE, COMPLETIONS_ROUTE],
+        description="API paths whose streamed requests may be hedged")
+
+
 class Gateway(_Model):
     """The seed's API gateway layer: one per zone, on ``targetPort`` of the listeners."""
 
@@ -110,6 +129,7 @@ class Gateway(_Model):
         description="active checks of this zone's workers",
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    migration: Migration = Field(default_factory=Migration)
 
 
 class Failover(_Model):
@@ -166,6 +186,20 @@ class Auth(_Model):
     admin_token: str | None = None
 
 
+class Storage(_Model):
+    """Each zone's store (the seed's data layer, 1.2) and its replication (3.1, 3.2)."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    dsn: dict[str, str] = Field(default_factory=dict,
+                                description="postgres: a libpq DSN per zone name")
+    port: int = Field(7000, ge=1, le=65535, description="port of every zone's store service")
+    prepare_timeout_seconds: float = Field(2.0, gt=0)
+    conflict_timeout_seconds: float = Field(2.0, gt=0)
+    keep_max: int = Field(200_000, ge=100,
+                          description="outbox entries kept before a lagging zone needs a snapshot")
+    trim_every_seconds: float = Field(5.0, gt=0)
+
+
 class Supervision(_Model):
     restart: Literal["always", "on-failure", "never"] = "always"
     backoff_initial_seconds: float = Field(0.2, ge=0)
@@ -182,6 +216,7 @@ class Topology(_Model):
     failover: Failover = Field(default_factory=Failover)
     inference: Inference = Field(default_factory=Inference)
     auth: Auth = Field(default_factory=Auth)
+    storage: Storage = Field(default_factory=Storage)
     supervision: Supervision = Field(default_factory=Supervision)
 
     def zone(self, name: str) -> Zone:

@@ -20,7 +20,7 @@ from aiohttp import web
 from crosszone.config import Node, Placement, Topology
 from crosszone.errors import ConfigError, ConfigProblem, RuntimeStateError
 
-COMPONENTS = ("worker", "gateway", "lb")
+COMPONENTS = ("worker", "gateway", "store", "lb")
 SHUTDOWN_TIMEOUT_SECONDS = 3.0  # below the supervisor's 5 s grace before SIGKILL
 
 log = logging.getLogger("crosszone.serve")
@@ -54,6 +54,8 @@ def resolve_node(topology: Topology, component: str, zone: str | None, index: in
         raise wrong("--zone", zone, f"is not a zone of the topology (one of {zones})")
     if component == "gateway":
         return placement.gateway(zone)
+    if component == "store":
+        return placement.store(zone)
     max_size = topology.worker_group_of(zone).max_size
     if not 1 <= index <= max_size:
         raise wrong("--index", index, f"zone {zone} has workers 1..{max_size}")
@@ -82,6 +84,8 @@ def _build_app(topology: Topology, node: Node,
         from crosszone.dataplane.gateway.app import create_gateway_app
 
         return create_gateway_app(topology, node), [Binding(node.host, node.port)]
+    if node.component == "store":
+        return _store_app(topology, node, run_dir), [Binding(node.host, node.port)]
     from crosszone.dataplane.lb.app import create_lb_app
     from crosszone.dataplane.lb.tls import ensure_certificate
 
@@ -91,6 +95,22 @@ def _build_app(topology: Topology, node: Node,
         context = ensure_certificate(topology, run_dir) if listener.protocol == "HTTPS" else None
         bindings.append(Binding(lb.address, listener.port, context))
     return create_lb_app(topology), bindings
+
+
+def _store_app(topology: Topology, node: Node, run_dir: Path) -> web.Application:
+    from crosszone.storage import make_store
+    from crosszone.storage.service import create_store_app
+
+    st = topology.storage
+    assert node.zone is not None
+    if st.backend == "postgres":
+        location = st.dsn[node.zone]
+    else:
+        (run_dir / "data").mkdir(parents=True, exist_ok=True)
+        location = str(run_dir / "data" / f"store-{node.zone}.db")
+    store = make_store(node.zone, location, conflict_timeout=st.conflict_timeout_seconds)
+    return create_store_app(topology, node, store, prepare_timeout=st.prepare_timeout_seconds,
+                            keep_max=st.keep_max, trim_every=st.trim_every_seconds)
 
 
 def _bind_error(binding: Binding, exc: OSError) -> RuntimeStateError:

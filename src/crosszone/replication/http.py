@@ -1,0 +1,98 @@
+"""HttpPeer: another zone's store service, reached over HTTP (the way shipping crosses zones).
+
+aiohttp errors are translated here: connection failures and timeouts become StoreUnavailable,
+error bodies are turned back into the StoreError subclass their ``code`` names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+
+from crosszone.errors import StoreUnavailable, store_error_from_code
+from crosszone.replication.peers import ReplicationTransport, TxParticipant
+from crosszone.storage import Ack, Batch, Decision, PreparedTx, Record, Snapshot
+
+
+class HttpPeer(ReplicationTransport, TxParticipant):
+    """The store service of ``zone`` at ``base_url`` (``http://127.0.N.6:7000``)."""
+
+    def __init__(self, zone: str, base_url: str, *, timeout: float = 5.0,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self.zone = zone
+        self.base_url = base_url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 1.0))
+        self._session = session
+        self._own_session = session is None
+
+    def __repr__(self) -> str:
+        return f"HttpPeer({self.zone!r}, {self.base_url!r})"
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self.timeout, json_serialize=lambda o: orjson.dumps(o).decode())
+            self._own_session = True
+        return self._session
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self, method: str, path: str, body: Any = None,
+                   timeout: float | None = None) -> Any:
+        """One request; the decoded JSON answer, or the StoreError the error body names."""
+        url = f"{self.base_url}{path}"
+        extra = {} if timeout is None else {"timeout": aiohttp.ClientTimeout(total=timeout)}
+        data = None if body is None else orjson.dumps(body)
+        try:
+            async with self._client().request(
+                    method, url, data=data, headers={"content-type": "application/json"},
+                    **extra) as resp:  # type: ignore[arg-type]
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"zone {self.zone} store at {self.base_url} unreachable: "
+                                   f"{type(exc).__name__} {exc}".rstrip()) from exc
+        try:
+            payload = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError as exc:
+            raise StoreUnavailable(f"zone {self.zone}: non-JSON answer ({status})") from exc
+        if status >= 400:
+            error = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
+            if status >= 500 and error.get("code") is None:
+                raise StoreUnavailable(f"zone {self.zone}: HTTP {status}")
+            raise store_error_from_code(error.get("code"),
+                                        f"zone {self.zone}: {error.get('message', status)}")
+        return payload
+
+    async def apply(self, batch: Batch) -> Ack:
+        return Ack.from_json(await self.call("POST", "/replication/apply", batch.to_json()))
+
+    async def import_snapshot(self, snapshot: Snapshot) -> Ack:
+        return Ack.from_json(await self.call("POST", "/replication/snapshot", snapshot.to_json(),
+                                             timeout=120.0))
+
+    async def prepare(self, txid: str, records: Sequence[Record], token: int) -> None:
+        await self.call("POST", "/tx/prepare", {"txid": txid, "token": token,
+                                                "records": [r.to_json() for r in records]})
+
+    async def commit(self, txid: str, token: int) -> bool:
+        answer = await self.call("POST", "/tx/commit", {"txid": txid, "token": token})
+        return bool(answer["done"])
+
+    async def rollback(self, txid: str) -> bool:
+        answer = await self.call("POST", "/tx/rollback", {"txid": txid})
+        return bool(answer["done"])
+
+    async def prepared(self) -> list[PreparedTx]:
+        answer = await self.call("GET", "/tx/prepared")
+        return [PreparedTx.from_json(p) for p in answer["prepared"]]
+
+    async def decide(self, txid: str, decision: Decision) -> Decision:
+        answer = await self.call("POST", "/tx/decision", {"txid": txid, "decision": decision})
+        return "commit" if answer["decision"] == "commit" else "abort"
