@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from crosszone.runtime.processes import pid_alive
+
 _children: set[int] = set()  # helpers this process spawned and has not reaped yet
 
 
@@ -54,18 +56,8 @@ def spawn_detached(argv: list[str], log: Path | None = None,
 
 
 def alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    """True if ``pid`` runs (a zombie counts as gone); the runtime's definition."""
+    return pid_alive(pid)
 
 
 def cmdline(pid: int) -> list[str]:
