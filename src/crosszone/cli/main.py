@@ -10,6 +10,7 @@ from crosszone import __version__
 from crosszone.chaos.cli import chaos_app
 from crosszone.cli import config_cmds, fault_cmds, run_cmds, stack_cmds
 from crosszone.cli.common import EXIT_CONFIG, EXIT_ERROR, err, plain
+from crosszone.control.commands import register as register_control
 from crosszone.errors import ConfigError, CrosszoneError
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app.command(rich_help_panel="Faults")(fault_cmds.release)
 app.command("signal", rich_help_panel="Faults")(fault_cmds.signal)
 app.command(rich_help_panel="Deployment")(run_cmds.run)
 app.add_typer(chaos_app, name="chaos", rich_help_panel="Faults")
+register_control(app)
 
 
 def _version(value: bool) -> None:

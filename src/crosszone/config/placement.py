@@ -1,7 +1,8 @@
 """Where every node of a topology lives: one address per node inside its zone's subnet.
 
 Host numbers are fixed so an operator can tell a node's role from its address alone:
-``.6`` is the zone's store, ``.10`` its gateway, ``.21`` upwards its workers.
+``.5`` is the zone's controller (and DNS server), ``.6`` its store, ``.10`` its gateway,
+``.21`` upwards its workers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Node:
     """One process of the deployment."""
 
     zone: str | None  # None for the load balancer, which spans zones
-    component: str  # "worker" | "gateway" | "store" | "lb"
+    component: str  # "worker" | "gateway" | "store" | "controller" | "lb"
     index: int
     host: str
     port: int
@@ -50,6 +51,17 @@ class Placement:
 
     def gateway(self, zone: str) -> Node:
         return Node(zone, "gateway", 0, self._host(zone, GATEWAY_HOST), self.topology.gateway.port)
+
+    def controller(self, zone: str) -> Node:
+        c = self.topology.control
+        return Node(zone, "controller", 0, self._host(zone, c.host), c.api_port)
+
+    def controllers(self) -> list[Node]:
+        return [self.controller(z) for z in self.topology.zone_names()]
+
+    def dns_address(self, zone: str) -> tuple[str, int]:
+        """The zone's authoritative DNS server: UDP and TCP on the controller's address."""
+        return self._host(zone, self.topology.control.host), self.topology.control.dns.port
 
     def store(self, zone: str) -> Node:
         return Node(zone, "store", 0, self._host(zone, STORE_HOST), self.topology.storage.port)
@@ -83,6 +95,7 @@ class Placement:
     def all_nodes(self) -> list[Node]:
         nodes: list[Node] = []
         for zone in self.topology.zone_names():
+            nodes.append(self.controller(zone))
             nodes.append(self.store(zone))
             nodes += self.workers(zone)
             nodes.append(self.gateway(zone))

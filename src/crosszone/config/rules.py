@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 
 from crosszone.config.topology import HealthCheck, Topology
+from crosszone.control.settings import check_control
 from crosszone.errors import ConfigProblem
 
 
@@ -54,6 +55,7 @@ def check_topology(t: Topology) -> list[ConfigProblem]:
         add(ConfigProblem("load_balancer.address", t.load_balancer.address,
                           "must be an IPv4 address"))
     problems += _check_failover(t, names)
+    problems += check_control(t.control)
     if t.storage.backend == "postgres":
         for i, name in enumerate(names):
             if name not in t.storage.dsn:

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from crosszone.control.settings import ControlSettings
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
@@ -184,6 +186,9 @@ class Auth(_Model):
         default_factory=list, description="static API keys; one is generated if empty"
     )
     admin_token: str | None = None
+    key_cache_seconds: float = Field(
+        2.0, ge=0, description="how long a gateway trusts an API key it looked up in its zone "
+        "store; a revocation waits this long for a gateway it could not tell directly")
 
 
 class Storage(_Model):
@@ -198,6 +203,15 @@ class Storage(_Model):
     keep_max: int = Field(200_000, ge=100,
                           description="outbox entries kept before a lagging zone needs a snapshot")
     trim_every_seconds: float = Field(5.0, gt=0)
+
+
+class Conversations(_Model):
+    """Stored Responses API conversations (``/v1/responses``, ``previous_response_id``)."""
+
+    consistency: Literal["sync", "async"] = Field(
+        "sync", description="sync: written to every zone in service by two-phase commit "
+        "before the answer completes (RPO 0); async: written to the serving zone and "
+        "replicated (loses at most the replication lag when that zone dies)")
 
 
 class Supervision(_Model):
@@ -217,6 +231,8 @@ class Topology(_Model):
     inference: Inference = Field(default_factory=Inference)
     auth: Auth = Field(default_factory=Auth)
     storage: Storage = Field(default_factory=Storage)
+    control: ControlSettings = Field(default_factory=ControlSettings)
+    conversations: Conversations = Field(default_factory=Conversations)
     supervision: Supervision = Field(default_factory=Supervision)
 
     def zone(self, name: str) -> Zone:

@@ -44,6 +44,8 @@ def _path(topology: Topology, node: Node) -> str:
         return topology.load_balancer.health_check.path
     if node.component == "worker":
         return topology.gateway.health_check.path
+    if node.component == "controller":
+        return "/control/health"
     return "/health"
 
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from crosszone.config import Node, Placement, Topology
 from crosszone.errors import ConfigError, ConfigProblem, RuntimeStateError
 
-COMPONENTS = ("worker", "gateway", "store", "lb")
+COMPONENTS = ("worker", "gateway", "store", "controller", "lb")
 SHUTDOWN_TIMEOUT_SECONDS = 3.0  # below the supervisor's 5 s grace before SIGKILL
 
 log = logging.getLogger("crosszone.serve")
@@ -56,6 +56,8 @@ def resolve_node(topology: Topology, component: str, zone: str | None, index: in
         return placement.gateway(zone)
     if component == "store":
         return placement.store(zone)
+    if component == "controller":
+        return placement.controller(zone)
     max_size = topology.worker_group_of(zone).max_size
     if not 1 <= index <= max_size:
         raise wrong("--index", index, f"zone {zone} has workers 1..{max_size}")
@@ -113,6 +115,24 @@ def _store_app(topology: Topology, node: Node, run_dir: Path) -> web.Application
                             keep_max=st.keep_max, trim_every=st.trim_every_seconds)
 
 
+async def _serve_controller(topology: Topology, node: Node, run_dir: Path,
+                            stop: asyncio.Event) -> None:
+    """A controller runs its own loops (election, observe-decide-act, API, DNS) until stopped;
+    on SIGTERM it resigns its lease so another zone takes over at once."""
+    from crosszone.control.controller import create_controller
+
+    assert node.zone is not None
+    controller = create_controller(topology, node.zone, run_dir=run_dir)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await controller.run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
 def _bind_error(binding: Binding, exc: OSError) -> RuntimeStateError:
     # asyncio wraps the bind error in a long sentence; the errno says it best.
     reason = os.strerror(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)
@@ -123,9 +143,12 @@ async def serve(topology: Topology, node: Node, run_dir: Path,
                 stop: asyncio.Event | None = None,
                 shutdown_timeout: float = SHUTDOWN_TIMEOUT_SECONDS) -> None:
     """Serve ``node`` until ``stop`` is set or SIGTERM/SIGINT arrives, then drain and return."""
-    app, bindings = build_app(topology, node, run_dir)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    if node.component == "controller":
+        await _serve_controller(topology, node, run_dir, stop)
+        return
+    app, bindings = build_app(topology, node, run_dir)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
