@@ -53,7 +53,8 @@ def make_topology(*, worker_port: int, gateway_port: int = 8080, http_port: int 
                   https_port: int = 18443, workers: int = 2, mode: str = "active-backup",
                   max_attempts: int = 3, weights: dict[str, float] | None = None,
                   idle_seconds: float = 2.0, first_byte_seconds: float = 2.0,
-                  check_interval: float = 0.15, lb_check_path: str = "/health") -> Topology:
+                  check_interval: float = 0.15, lb_check_path: str = "/health",
+                  max_migrations: int = 2) -> Topology:
     doc: dict[str, Any] = default_document()
     doc["region"] = "proxytest"
     doc["zones"] = [{"name": z, "subnet": f"{SUBNETS[z]}.0/24"} for z in ZONES]
@@ -63,7 +64,7 @@ def make_topology(*, worker_port: int, gateway_port: int = 8080, http_port: int 
             "timeoutSeconds": min(0.24, check_interval * 0.8),
             "healthyThresholdCount": 2, "unhealthyThresholdCount": 2}
     doc["gateway"] = {"port": gateway_port, "max_attempts": max_attempts, "healthCheck": fast,
-                      "max_body_bytes": 2048,
+                      "max_body_bytes": 2048, "migration": {"max_migrations": max_migrations},
                       "timeouts": {"connect_seconds": 0.5, "first_byte_seconds": first_byte_seconds,
                                    "idle_seconds": idle_seconds, "total_seconds": 20}}
     listeners = [{"protocol": "HTTPS", "port": https_port, "targetPort": gateway_port},
@@ -125,7 +126,8 @@ class FakeWorker:
     """A worker whose answers a test scripts through ``mode`` and ``health_status``.
 
     Modes: ok, 500, 400, hang, reset (close without answering), headers_then_close (SSE headers,
-    then close), mid_stream_close (first SSE event, then close), stall_mid_stream.
+    then close), mid_stream_close (first SSE event, then close), mid_stream_error (first SSE
+    event, then an error event, then the end of the body), stall_mid_stream.
     """
 
     def __init__(self, host: str, port: int, name: str) -> None:
@@ -136,6 +138,7 @@ class FakeWorker:
         self.requests = 0  # API requests received (not health checks)
         self.health_checks = 0
         self.last_headers: dict[str, str] = {}
+        self.last_body = b""
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -193,6 +196,7 @@ class FakeWorker:
             return True
         self.requests += 1
         self.last_headers = headers
+        self.last_body = body
         mode = self.mode
         stream = bool(body) and bool(json.loads(body).get("stream"))
         if mode == "hang":
@@ -218,6 +222,12 @@ class FakeWorker:
             if mode == "mid_stream_close":
                 await asyncio.sleep(0.05)
                 return False
+            if mode == "mid_stream_error":  # what a worker sends when its engine fails
+                writer.write(_chunked(b'data: {"error":{"message":"engine failed",'
+                                      b'"type":"server_error","param":null,'
+                                      b'"code":"engine_error"}}\n\n') + b"0\r\n\r\n")
+                await writer.drain()
+                return True
             if mode == "stall_mid_stream":
                 await asyncio.sleep(3600)
             for piece in ("from ", self.name):

@@ -39,7 +39,8 @@ def local_topology(first_octet: int = 103, *, http_port: int = 18000, https_port
     (outside every zone subnet, so a fault aimed at a zone never hits the LB).
 
     Health checks tick every 0.2 s and restarts back off from 0.1 s, so failures and recoveries
-    show within a second or two. ``overrides`` replace top-level sections (deep-merged).
+    show within a second or two; auto-scaling decisions are off (``control.scaling.enabled``).
+    ``overrides`` replace top-level sections (deep-merged).
     """
     doc: dict[str, Any] = {
         "region": "test",
@@ -66,6 +67,9 @@ def local_topology(first_octet: int = 103, *, http_port: int = 18000, https_port
                                     "min_output_tokens": 4, "max_output_tokens": 16}},
         "supervision": {"restart": restart, "backoff_initial_seconds": 0.1,
                         "backoff_max_seconds": 1.0},
+        # Worker groups keep desired_capacity: a test that kills a zone or sends many streams
+        # must not see workers come and go (tests/test_autoscaling.py turns it on).
+        "control": {"scaling": {"enabled": False}},
     }
     return _merge(doc, overrides)
 

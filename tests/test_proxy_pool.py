@@ -138,7 +138,10 @@ def test_pick_is_always_an_available_endpoint_of_the_lowest_tier(
 def test_gateway_pool_prefers_its_own_zone() -> None:
     topology = make_topology(worker_port=9000)
     pool = gateway_pool(topology, "zb")
-    assert len(pool.endpoints) == 6 and not pool.fail_open
+    # every slot up to max_size (4); the scale-out slots wait for a passing health check
+    assert len(pool.endpoints) == 12 and not pool.fail_open
+    assert len(pool.available()) == 6 and pool.get("zb/worker-1").healthy is None
+    assert pool.get("zb/worker-3").healthy is False and not pool.get("za/worker-4").available
     tiers = {ep.name: ep.priority for ep in pool.endpoints}
     assert tiers["zb/worker-1"] == tiers["zb/worker-2"] == 0
     assert tiers["za/worker-1"] == tiers["zc/worker-2"] == 1

@@ -128,7 +128,7 @@ def test_cli_up_status_refuse_second_up_and_down(tmp_path: Path,
     assert status["urls"]["http"] == "http://127.0.0.103:18000/v1"
     assert status["api_key"].startswith("sk-cz-")
     assert status["ca_cert"]
-    assert len(status["processes"]) == 3 * 5 + 1  # controller, store, gateway, 2 workers; LB
+    assert len(status["processes"]) == 3 * 6 + 1  # 4 services + 2 workers per zone; LB
     assert all(isinstance(p["pid"], int) and p["healthy"] for p in status["processes"])
     pids = [p["pid"] for p in status["processes"]] + [status["supervisor"]["pid"]]
 
@@ -184,8 +184,8 @@ def test_hold_keeps_a_zone_down_until_release(tmp_path: Path,
     stack = start_stack(request, tmp_path / "run", local_topology())
     before = stack.pids()
     held = stack.hold(zone=ZONE_B)
-    assert sorted(held) == [f"{ZONE_B}/controller", f"{ZONE_B}/gateway", f"{ZONE_B}/store",
-                            f"{ZONE_B}/worker-1", f"{ZONE_B}/worker-2"]
+    assert sorted(held) == [f"{ZONE_B}/controller", f"{ZONE_B}/gateway", f"{ZONE_B}/monitor",
+                            f"{ZONE_B}/store", f"{ZONE_B}/worker-1", f"{ZONE_B}/worker-2"]
     wait_until(lambda: all_gone([before[n] for n in held]), what="zone b's processes to die")
     time.sleep(1.5)  # well past the restart backoff: still down
     status = stack.status()

@@ -22,7 +22,7 @@ def test_default_places_every_zone_on_its_own_loopback_slash24() -> None:
         assert [w.host for w in placement.workers(zone)] == [f"127.0.{n}.21", f"127.0.{n}.22"]
     assert placement.lb_urls()["https"] == "https://127.0.0.1:8443/v1"
     names = [node.name for node in placement.all_nodes()]
-    assert len(names) == len(set(names)) == 3 * 5 + 1
+    assert len(names) == len(set(names)) == 3 * 6 + 1
     assert placement.store("us-west-2b").host == "127.0.2.6"
 
 

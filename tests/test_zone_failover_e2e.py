@@ -154,7 +154,7 @@ def test_down_leaves_no_process(tmp_path: Path, request: pytest.FixtureRequest) 
     topo = local_topology(FIRST + 4, http_port=18124, https_port=18567, workers=1)
     other = start_stack(request, tmp_path / "run", topo)
     pids = list(other.pids().values())
-    assert len(pids) == 3 * 4 + 1 + 1  # controller, store, worker, gateway per zone; LB; supervisor
+    assert len(pids) == 3 * 5 + 1 + 1  # 5 per zone, LB, supervisor
     other.down()
     wait_until(lambda: all_gone(pids), timeout=10, what="every process gone")
     assert not other.is_running()

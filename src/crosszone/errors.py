@@ -117,6 +117,42 @@ def store_error_from_code(code: str | None, message: str) -> StoreError:
     return StoreError(message)
 
 
+# --- product data (API keys, conversations, usage; crosszone.dataplane.gateway) ------------
+
+
+class ApiRequestError(CrosszoneError):
+    """A product API request the gateway refuses; answered as OpenAI-style JSON with ``status``,
+    ``code`` and ``param``."""
+
+    status = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidApiRequest(ApiRequestError):
+    """The request body or parameters are wrong (400)."""
+
+
+class ApiNotFound(ApiRequestError):
+    """The named API key, response or conversation does not exist (404)."""
+
+    status = 404
+    code = "not_found"
+
+
+class NotAuthenticated(ApiRequestError):
+    """Missing, unknown or revoked API key, or a wrong admin token (401)."""
+
+    status = 401
+    code = "invalid_api_key"
+
+
 # --- control plane (crosszone.control) -------------------------------------------------------
 
 
@@ -168,3 +204,35 @@ class NetlinkError(ChaosError):
 
 class InvalidExperiment(ChaosError):
     """An experiment's parameters are wrong (the user must change the command)."""
+
+
+# --- monitoring (crosszone.monitoring) -------------------------------------------------------
+
+
+class MonitoringError(CrosszoneError):
+    """A monitor could not observe, store, report or notify."""
+
+
+class MetricsStoreError(MonitoringError):
+    """The metrics database (DuckDB, PostgreSQL) could not be opened or refused a statement."""
+
+
+class MonitorUnavailable(MonitoringError):
+    """No monitor of the topology answered (and no metrics database could be opened locally)."""
+
+
+# --- drills (crosszone.drills) -----------------------------------------------------------------
+
+
+class DrillError(CrosszoneError):
+    """A drill could not run to its verdict: the stack, a fault or a report failed."""
+
+
+class ScenarioError(ConfigError):
+    """A drill scenario file is invalid; carries every problem with its path and value."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
+        super().__init__(source, problems)
+        lines = [f"{source}: {len(problems)} problem(s) in the scenario"]
+        lines += [f"  - {p}" for p in problems]
+        self.args = ("\n".join(lines),)

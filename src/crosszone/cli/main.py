@@ -8,9 +8,11 @@ import typer
 
 from crosszone import __version__
 from crosszone.chaos.cli import chaos_app
-from crosszone.cli import config_cmds, fault_cmds, run_cmds, stack_cmds
+from crosszone.cli import config_cmds, fault_cmds, rpo_cmd, run_cmds, stack_cmds
 from crosszone.cli.common import EXIT_CONFIG, EXIT_ERROR, err, plain
+from crosszone.cli.report_cmds import monitoring_app, report_app
 from crosszone.control.commands import register as register_control
+from crosszone.drills.cli import drill_app
 from crosszone.errors import ConfigError, CrosszoneError
 
 app = typer.Typer(
@@ -33,6 +35,10 @@ app.command("signal", rich_help_panel="Faults")(fault_cmds.signal)
 app.command(rich_help_panel="Deployment")(run_cmds.run)
 app.add_typer(chaos_app, name="chaos", rich_help_panel="Faults")
 register_control(app)
+app.add_typer(drill_app, name="drill", rich_help_panel="Faults")
+app.command(rich_help_panel="Faults")(rpo_cmd.rpo)
+app.add_typer(report_app, name="report", rich_help_panel="Monitoring")
+app.add_typer(monitoring_app, name="monitoring", rich_help_panel="Monitoring")
 
 
 def _version(value: bool) -> None:

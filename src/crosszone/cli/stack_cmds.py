@@ -117,8 +117,11 @@ def render_status(report: dict[str, Any]) -> None:
     for zone, z in report["zones"].items():
         verdict = "[green]healthy[/]" if z["healthy"] else "[red]unhealthy[/]"
         gateway = "up" if z["gateway"] else "down"
+        group = report.get("groups", {}).get(zone)
+        sizing = (f", group desired {group['desired']} of {group['min_size']}.."
+                  f"{group['max_size']} ({group['health_check_type']})" if group else "")
         out.print(f"zone {zone}: {verdict} (gateway {gateway}, "
-                  f"{z['workers_healthy']}/{z['workers']} workers)")
+                  f"{z['workers_healthy']}/{z['workers']} workers{sizing})")
     lb = "[green]healthy[/]" if report["lb"]["healthy"] else "[red]unhealthy[/]"
     out.print(f"load balancer: {lb}")
     for protocol, url in report["urls"].items():

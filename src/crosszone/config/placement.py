@@ -1,8 +1,8 @@
 """Where every node of a topology lives: one address per node inside its zone's subnet.
 
 Host numbers are fixed so an operator can tell a node's role from its address alone:
-``.5`` is the zone's controller (and DNS server), ``.6`` its store, ``.10`` its gateway,
-``.21`` upwards its workers.
+``.5`` is the zone's controller (and DNS server), ``.6`` its store, ``.7`` its monitor,
+``.10`` its gateway, ``.21`` upwards its workers.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class Node:
     """One process of the deployment."""
 
     zone: str | None  # None for the load balancer, which spans zones
-    component: str  # "worker" | "gateway" | "store" | "controller" | "lb"
+    component: str  # "worker" | "gateway" | "store" | "controller" | "monitor" | "lb"
     index: int
     host: str
     port: int
@@ -63,6 +63,10 @@ class Placement:
         """The zone's authoritative DNS server: UDP and TCP on the controller's address."""
         return self._host(zone, self.topology.control.host), self.topology.control.dns.port
 
+    def monitor(self, zone: str) -> Node:
+        m = self.topology.monitoring
+        return Node(zone, "monitor", 0, self._host(zone, m.host), m.port)
+
     def store(self, zone: str) -> Node:
         return Node(zone, "store", 0, self._host(zone, STORE_HOST), self.topology.storage.port)
 
@@ -97,6 +101,7 @@ class Placement:
         for zone in self.topology.zone_names():
             nodes.append(self.controller(zone))
             nodes.append(self.store(zone))
+            nodes.append(self.monitor(zone))
             nodes += self.workers(zone)
             nodes.append(self.gateway(zone))
         nodes.append(self.lb())

@@ -10,6 +10,7 @@ import ipaddress
 from crosszone.config.topology import HealthCheck, Topology
 from crosszone.control.settings import check_control
 from crosszone.errors import ConfigProblem
+from crosszone.monitoring.settings import check_monitoring
 
 
 def check_topology(t: Topology) -> list[ConfigProblem]:
@@ -56,6 +57,7 @@ def check_topology(t: Topology) -> list[ConfigProblem]:
                           "must be an IPv4 address"))
     problems += _check_failover(t, names)
     problems += check_control(t.control)
+    problems += check_monitoring(t.monitoring, controller_host=t.control.host)
     if t.storage.backend == "postgres":
         for i, name in enumerate(names):
             if name not in t.storage.dsn:
@@ -72,6 +74,15 @@ def check_topology(t: Topology) -> list[ConfigProblem]:
     if timeouts.connect_seconds > timeouts.total_seconds:
         add(ConfigProblem("gateway.timeouts.connect_seconds", timeouts.connect_seconds,
                           "exceeds total_seconds"))
+    hedge_ms = t.gateway.migration.hedge_first_token_ms
+    if hedge_ms is not None and hedge_ms >= timeouts.first_byte_seconds * 1000:
+        add(ConfigProblem("gateway.migration.hedge_first_token_ms", hedge_ms,
+                          "must be shorter than gateway.timeouts.first_byte_seconds "
+                          f"({timeouts.first_byte_seconds:g} s), or no hedge is ever sent"))
+    for i, route in enumerate(t.gateway.migration.hedge_routes):
+        if not route.startswith("/v1/"):
+            add(ConfigProblem(f"gateway.migration.hedge_routes[{i}]", route,
+                              "must be an API path such as /v1/chat/completions"))
     return problems
 
 

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from crosszone.control.settings import ControlSettings
+from crosszone.monitoring.settings import MonitoringSettings
 
 
 class _Model(BaseModel):
@@ -232,6 +233,7 @@ class Topology(_Model):
     auth: Auth = Field(default_factory=Auth)
     storage: Storage = Field(default_factory=Storage)
     control: ControlSettings = Field(default_factory=ControlSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     conversations: Conversations = Field(default_factory=Conversations)
     supervision: Supervision = Field(default_factory=Supervision)
 

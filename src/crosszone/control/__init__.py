@@ -8,6 +8,7 @@ Layout (one module per concern, one per backend):
 * :mod:`.health` -- active probes, passive signals, zone roll-up, gray-failure outliers;
 * :mod:`.failover` -- the FailoverManager: pure decisions, one ``run_cycle`` per tick;
 * :mod:`.shifts` -- zonal shifts (operator and autoshift);
+* :mod:`.scaling` -- the auto-scaling groups' policy: pure decisions, one ``run_cycle`` per tick;
 * :mod:`.fencing` -- fencing tokens: receivers reject commands from a deposed leader;
 * :mod:`.dns` -- the authoritative DNS server;
 * :mod:`.events` -- the durable ``failover_events`` table;

@@ -8,7 +8,9 @@ when the topology sets one. Errors are OpenAI-style JSON, never a traceback.
 * ``GET  /control/status``  -- leader/term, zone health, routing, shifts, last sentence
 * ``GET  /control/shifts`` / ``POST /control/shifts`` ``{"zone", "expires", "reason"}``
 * ``DELETE /control/shifts/{id or zone}``
-* ``GET  /control/scaling`` / ``PUT /control/scaling`` ``{"zone", "desired"}``
+* ``GET  /control/scaling`` -- every zone's desired capacity (what the supervisors run), with
+  its bounds, reason, operator setting and ``version`` ([fencing term, updated_at])
+* ``PUT /control/scaling`` ``{"zone", "desired"}`` -- the operator's setting (``crosszone scale``)
 * ``POST /control/signals`` ``{"zones": {z: {"requests", "errors", "latency_ms"}},
   "ejected": [{"node", "reason"}]}`` -- passive health from gateways and the LB
 * ``GET  /control/events?limit=N``
@@ -24,13 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from crosszone.control.scaling import (
+    GROUPS_KEY,
+    SCALING_PREFIX,
+    effective_groups,
+    parse_groups,
+    parse_operator,
+)
 from crosszone.control.shifts import SHIFT_PREFIX, operator_shift, parse_duration, parse_shifts
 from crosszone.errors import CoordinationError, ShiftRejected
 
 if TYPE_CHECKING:
     from crosszone.control.controller import Controller
-
-SCALING_PREFIX = "scaling/"
 
 
 def _error(status: int, message: str, code: str) -> web.Response:
@@ -82,6 +89,7 @@ def create_control_app(c: Controller) -> web.Application:
             "zones": {z: asdict(ob) for z, ob in s.zones.items()},
             "shifts": [asdict(x) for x in s.shifts],
             "alert": s.decision.alert if s.decision else None,
+            "scaling": _scaling_status(c),
             "sentence": s.sentence, "cycles": s.cycles,
             "recent": [{"time": t, "sentence": x} for t, x in list(s.history)[-20:]]})
 
@@ -110,9 +118,9 @@ def create_control_app(c: Controller) -> web.Application:
         return web.json_response({"cancelled": [asdict(x) for x in gone]})
 
     async def get_scaling(request: web.Request) -> web.Response:
-        items = await c.coordinator.items(SCALING_PREFIX)
-        return web.json_response({k[len(SCALING_PREFIX):]: json.loads(v)
-                                  for k, v in items.items()})
+        operator = parse_operator(await c.coordinator.items(SCALING_PREFIX))
+        term, groups = parse_groups(await c.coordinator.get(GROUPS_KEY))
+        return web.json_response(effective_groups(c.scaler.bounds, groups, operator, term))
 
     async def put_scaling(request: web.Request) -> web.Response:
         doc = await _body(request)
@@ -166,6 +174,16 @@ def create_control_app(c: Controller) -> web.Application:
     app.router.add_post("/control/signals", signals)
     app.router.add_get("/control/events", events)
     return app
+
+
+def _scaling_status(c: Controller) -> dict[str, Any]:
+    """The groups as this controller last saw them, and its policy's last decision."""
+    decision = c.state.scaling
+    groups = c.scaling_view()
+    if decision is not None:
+        for zone, plan in decision.plans.items():
+            groups[zone]["plan"] = plan.to_dict()
+    return {"groups": groups, "sentence": None if decision is None else decision.sentence}
 
 
 async def start_api(c: Controller, host: str, port: int) -> web.AppRunner:

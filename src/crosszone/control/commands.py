@@ -81,7 +81,8 @@ def scale(
     config: ConfigOption = None,
     run_dir: RunDirOption = None,
 ) -> None:
-    """Set a zone's auto-scaling group desired capacity."""
+    """Set a zone's auto-scaling group desired capacity (now, and as its baseline: load may
+    add workers above it, never remove below it)."""
     with cli_errors():
         _client(config, run_dir).scale(zone, desired)
         out.print(f"{zone}: desired capacity {desired}")

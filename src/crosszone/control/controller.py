@@ -2,8 +2,9 @@
 
 Every controller probes every node, runs the FailoverManager and serves DNS, so a follower is
 always warm; only the elected leader publishes (fenced writes to the coordination store), pushes
-weights stamped with its fencing token, and records failover events. ``run_cycle`` returns the
-sentence of what it did; ``run`` loops it together with the elector and the health checker.
+weights stamped with its fencing token, records failover events, and publishes the auto-scaling
+groups' desired capacities (the supervisors read them from any controller). ``run_cycle``
+returns the sentence of what it did; ``run`` loops it with the elector and the health checker.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from crosszone.config.placement import Placement
 from crosszone.config.topology import Topology
@@ -29,6 +31,19 @@ from crosszone.control.events import EventLog, FailoverEvent
 from crosszone.control.failover import FailoverManager
 from crosszone.control.health import HealthChecker
 from crosszone.control.model import Decision, Observation, Routing, ZoneObservation
+from crosszone.control.scaling import (
+    GROUPS_KEY,
+    SCALING_PREFIX,
+    GroupState,
+    OperatorSetting,
+    ScalingDecision,
+    ScalingObservation,
+    ScalingPolicy,
+    effective_groups,
+    groups_to_json,
+    parse_groups,
+    parse_operator,
+)
 from crosszone.control.settings import ControlSettings, check_control, control_settings
 from crosszone.control.shifts import SHIFT_PREFIX, ZonalShift, parse_shifts
 from crosszone.errors import ConfigError, CoordinationError, CrosszoneError, RuntimeStateError
@@ -50,13 +65,18 @@ class ControllerState:
     sentence: str = "not started"
     history: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=100))
     cycles: int = 0
+    groups: dict[str, GroupState] = field(default_factory=dict)  # published by the leader
+    groups_term: int = 0
+    operator: dict[str, OperatorSetting] = field(default_factory=dict)  # `crosszone scale`
+    scaling: ScalingDecision | None = None
 
 
 class Controller:
     def __init__(self, *, zone: str, topology: Topology, settings: ControlSettings,
                  coordinator: Coordinator, checker: HealthChecker, manager: FailoverManager,
                  pusher: RoutingPusher, dns: DnsServer | None, events: EventLog,
-                 api_address: tuple[str, int] | None = None) -> None:
+                 api_address: tuple[str, int] | None = None,
+                 scaler: ScalingPolicy | None = None) -> None:
         self.zone = zone
         self.topology = topology
         self.settings = settings
@@ -67,6 +87,7 @@ class Controller:
         self.dns = dns
         self.events = events
         self.api_address = api_address
+        self.scaler = scaler or ScalingPolicy.from_topology(topology, settings.scaling)
         self.elector = Elector(coordinator, renew_seconds=settings.lease.renew_seconds,
                                loop_seconds=min(settings.loop_seconds,
                                                 settings.lease.renew_seconds / 2))
@@ -88,10 +109,16 @@ class Controller:
         try:
             items = await self.coordinator.items(SHIFT_PREFIX)
             text = await self.coordinator.get(ROUTING_KEY)
+            scaling = await self.coordinator.items(SCALING_PREFIX)
+            groups = await self.coordinator.get(GROUPS_KEY)
             self.state.shifts = parse_shifts(items)
             self.state.published = Routing.from_json(text) if text else None
+            self.state.operator = parse_operator(scaling)
+            self.state.groups_term, self.state.groups = parse_groups(groups)
         except (CoordinationError, ValueError, KeyError, TypeError) as exc:
             note = f"; store unreadable ({exc}), using the last shifts and routing seen"
+        for zone, group in self.scaling_view().items():  # only in-service workers count
+            self.checker.set_group(zone, int(group["desired"]))
         self.state.zones = self.checker.snapshot(now)
         return Observation(self.state.zones, tuple(self.state.shifts),
                            self.state.published), note
@@ -101,16 +128,49 @@ class Controller:
         observation, note = await self.observe(now)
         decision = self.manager.run_cycle(observation, now)
         self.state.decision = decision
+        scaling = self.scaler.run_cycle(self._scaling_observation(decision, now), now)
+        self.state.scaling = scaling
         self.state.cycles += 1
+        resize = f"; {scaling.sentence}" if scaling.changed else ""
         token = self.elector.acting_token()
         if token is None:
             self._serve_dns(self.state.published)
             who = self.elector.known_leader
             leader = f"leader {who.node_id} term {who.term}" if who else "no leader known"
             return self._say(f"follower ({leader}), not acting; would decide: "
-                             f"{decision.sentence}{note}")
+                             f"{decision.sentence}{resize}{note}")
         outcome = await self.act(decision, token, now)
-        return self._say(f"leader term {token}: {decision.sentence}{outcome}{note}")
+        if scaling.changed and self.elector.acting_token() == token:
+            resize = await self.resize(scaling, token, now)
+        return self._say(f"leader term {token}: {decision.sentence}{outcome}{resize}{note}")
+
+    def _scaling_observation(self, decision: Decision, now: float) -> ScalingObservation:
+        out = {z for z, ob in self.state.zones.items() if ob.status == "unhealthy"}
+        out |= {s.zone for s in self.state.shifts} | {s.zone for s in decision.start_shifts}
+        out -= {s.zone for s in decision.end_shifts}
+        return ScalingObservation(
+            self.state.groups, self.state.operator,
+            self.checker.loads(now, self.settings.scaling.load_max_age_seconds),
+            frozenset(out), frozenset(self.checker.established()))
+
+    async def resize(self, scaling: ScalingDecision, token: int, now: float) -> str:
+        """Publish the groups' new desired capacities, fenced with our term."""
+        try:
+            ok = await self.coordinator.put(GROUPS_KEY, groups_to_json(scaling.groups, token, now),
+                                            fence=token)
+        except CoordinationError as exc:
+            log.warning("%s: publishing the scaling groups failed: %s", self.node_id, exc)
+            return f"; {scaling.sentence} (not published: {exc})"
+        if not ok:
+            self.elector.demote("the store refused a write fenced with our term")
+            return f"; the store refused term {token}: a newer leader exists, stopped acting"
+        self.state.groups, self.state.groups_term = dict(scaling.groups), token
+        return f"; {scaling.sentence}"
+
+    def scaling_view(self) -> dict[str, Any]:
+        """Every zone's desired capacity as ``GET /control/scaling`` answers it."""
+        return effective_groups(self.scaler.bounds, self.state.groups, self.state.operator,
+                                self.state.groups_term)
 
     async def act(self, decision: Decision, token: int, decided_at: float) -> str:
         """Publish (fenced), push (fenced), serve DNS, record events."""
@@ -277,9 +337,11 @@ def create_controller(topology: Topology, zone: str, *, run_dir: Path,
             raise RuntimeStateError(f"unknown coordination backend {kind!r} (raft or etcd)")
     placement = Placement(topology)
     probed = [n for z in topology.zone_names()
-              for n in [placement.gateway(z), *placement.workers(z)]]
+              for n in [placement.gateway(z), *placement.max_workers(z)]]
     checker = HealthChecker(probed, topology.load_balancer.health_check, settings.gray_failure,
                             min_healthy_fraction=settings.min_healthy_fraction)
+    for z in topology.zone_names():  # the supervisors start with desired_capacity workers
+        checker.set_group(z, topology.worker_group_of(z).desired_capacity)
     pusher = RoutingPusher(targets if targets is not None else default_targets(topology),
                            timeout=settings.push_timeout_seconds,
                            repush_seconds=settings.repush_seconds,

@@ -75,6 +75,45 @@ class GrayFailureSettings(_Model):
     latency_floor_ms: float = Field(50.0, ge=0, description="and at least this much slower")
 
 
+class ScalingSettings(_Model):
+    """The auto-scaling groups (one per zone): load target, cooldowns, static-stability headroom.
+
+    The acting leader sizes each zone's group between ``min_size`` and ``max_size`` from the
+    in-flight requests (running plus queued) its workers report on ``/health``. ``headroom_percent``
+    omitted plans for the loss of any one zone (each zone can take the share it would carry if any
+    other zone failed: 50 % more with three equal zones); a number adds that much capacity over
+    each zone's current share instead. The local supervisor reads the decisions from the
+    controllers every ``poll_seconds`` and keeps the last value it got while none answers.
+    """
+
+    enabled: bool = Field(True, description="scale on load and on zone loss; off: only operator "
+                          "`crosszone scale` and the topology's desired_capacity")
+    target_in_flight_per_worker: float = Field(
+        16.0, gt=0, description="running + queued requests one worker should carry")
+    headroom_percent: float | None = Field(
+        None, ge=0, le=1000, description="spare capacity over each zone's share; omitted: "
+        "enough for the loss of any one zone (N-1 planning)")
+    scale_out_cooldown_seconds: float = Field(
+        10.0, ge=0, description="after a group changed, wait this long before adding for load")
+    scale_in_cooldown_seconds: float = Field(
+        60.0, ge=0, description="load must stay low this long (and this long since the last "
+        "change) before workers are removed")
+    zone_loss_seconds: float = Field(
+        10.0, ge=0, description="a zone that served and then stayed out of service this long is "
+        "lost: the survivors take over its baseline capacity")
+    load_max_age_seconds: float = Field(
+        5.0, gt=0, description="a worker's load report older than this is not counted")
+    poll_seconds: float = Field(
+        0.5, gt=0, description="how often the local supervisor reads the desired capacities")
+    unhealthy_replace_seconds: float = Field(
+        5.0, ge=0, description="ELB groups: a worker is replaced once it failed "
+        "unhealthyThresholdCount checks in a row and kept failing this long (a busy worker "
+        "that answers late now and then is not killed)")
+    health_check_grace_seconds: float = Field(
+        30.0, ge=0, description="ELB health checks of a new worker count only after it "
+        "answered once or after this long (the ASG's health_check_grace_period)")
+
+
 class ControlSettings(_Model):
     """Everything the controllers need beyond the rest of the topology."""
 
@@ -92,6 +131,7 @@ class ControlSettings(_Model):
     dns: DnsSettings = Field(default_factory=DnsSettings)
     failover: FailoverPolicy = Field(default_factory=FailoverPolicy)
     gray_failure: GrayFailureSettings = Field(default_factory=GrayFailureSettings)
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)
 
 
 def control_settings(topology: object) -> ControlSettings:

@@ -27,7 +27,8 @@ class ManagedProcess:
     """A node's process as the supervisor sees it.
 
     ``state`` is one of running, held (the operator holds it: not restarted), backoff (waiting to
-    restart) and exited (gone, and the policy does not restart it).
+    restart) and exited (gone, and the policy does not restart it); a worker slot its auto-scaling
+    group does not use (``in_service`` False) is stopping (SIGTERM sent) or stopped.
     """
 
     def __init__(self, node: Node, argv: list[str], log_path: Path) -> None:
@@ -44,6 +45,9 @@ class ManagedProcess:
         self.next_start: float | None = 0.0  # monotonic; None: no start scheduled
         self.backoff = 0.0
         self.exit_code: int | None = None
+        self.in_service = True  # worker slots: part of the zone's auto-scaling group now
+        self.replacing: str | None = None  # why the group killed it: start a new one at once
+        self.stop_deadline: float | None = None  # monotonic: SIGKILL a stopping slot after it
 
     @property
     def name(self) -> str:
@@ -119,6 +123,7 @@ class ManagedProcess:
                 "index": node.index, "host": node.host, "port": node.port, "pid": self.pid,
                 "state": self.state, "frozen": self.frozen, "restarts": self.restarts,
                 "started_at": self.started_at, "exit_code": self.exit_code,
+                "in_service": self.in_service,
                 "log": str(self.log_path)}
 
     def __repr__(self) -> str:

@@ -64,6 +64,7 @@ def build_status(run_dir: Path, topology: Topology, snapshot: dict[str, Any],
         "failover": {"mode": topology.failover.mode, "zones": topology.zone_order()},
         "processes": processes,
         "zones": zones,
+        "groups": snapshot.get("groups", {}),  # the auto-scaling groups as the supervisor runs them
         "lb": {"healthy": lb_healthy},
         "healthy": lb_healthy and all(z["healthy"] for z in zones.values()),
     }

@@ -20,7 +20,7 @@ from aiohttp import web
 from crosszone.config import Node, Placement, Topology
 from crosszone.errors import ConfigError, ConfigProblem, RuntimeStateError
 
-COMPONENTS = ("worker", "gateway", "store", "controller", "lb")
+COMPONENTS = ("worker", "gateway", "store", "controller", "monitor", "lb")
 SHUTDOWN_TIMEOUT_SECONDS = 3.0  # below the supervisor's 5 s grace before SIGKILL
 
 log = logging.getLogger("crosszone.serve")
@@ -58,6 +58,8 @@ def resolve_node(topology: Topology, component: str, zone: str | None, index: in
         return placement.store(zone)
     if component == "controller":
         return placement.controller(zone)
+    if component == "monitor":
+        return placement.monitor(zone)
     max_size = topology.worker_group_of(zone).max_size
     if not 1 <= index <= max_size:
         raise wrong("--index", index, f"zone {zone} has workers 1..{max_size}")
@@ -88,6 +90,10 @@ def _build_app(topology: Topology, node: Node,
         return create_gateway_app(topology, node), [Binding(node.host, node.port)]
     if node.component == "store":
         return _store_app(topology, node, run_dir), [Binding(node.host, node.port)]
+    if node.component == "monitor":
+        from crosszone.monitoring.monitor import create_monitor_app
+
+        return create_monitor_app(topology, node, run_dir), [Binding(node.host, node.port)]
     from crosszone.dataplane.lb.app import create_lb_app
     from crosszone.dataplane.lb.tls import ensure_certificate
 

@@ -2,9 +2,12 @@
 
 Run as ``python -m crosszone.runtime.supervisor --run-dir D`` (``crosszone up`` does it, detached).
 Each tick is one :meth:`Supervisor.run_cycle` (observe exits, decide by policy, act) returning a
-sentence saying what it did. Children get PR_SET_PDEATHSIG=SIGKILL so none outlives a dead
-supervisor. On SIGTERM/SIGINT or ``POST /stop`` every child gets SIGCONT and SIGTERM, then SIGKILL
-after STOP_GRACE_SECONDS.
+sentence saying what it did. Workers belong to their zone's auto-scaling group
+(:mod:`crosszone.runtime.groups`): every slot up to ``max_size`` is known, the first
+``desired`` run (``desired_capacity`` at start, then what the controllers decide), a dead worker
+is always replaced, and with ``health_check_type: ELB`` so is one that fails its health checks.
+Children get PR_SET_PDEATHSIG=SIGKILL so none outlives a dead supervisor. On SIGTERM/SIGINT or
+``POST /stop`` every child gets SIGCONT and SIGTERM, then SIGKILL after STOP_GRACE_SECONDS.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from crosszone.config import Placement, Topology
 from crosszone.errors import CrosszoneError
 from crosszone.runtime.child import ManagedProcess, component_argv
 from crosszone.runtime.control import Selector, create_control_app, start_control_server
+from crosszone.runtime.groups import WorkerGroups
 from crosszone.runtime.processes import signal_from_name
 from crosszone.runtime.rundir import RunDir
 
@@ -39,22 +43,38 @@ class Supervisor:
         self.policy = topology.supervision
         self.state = "running"
         self.started_at = time.time()
-        self.processes = [
+        placement = Placement(topology)
+        nodes = placement.all_nodes()
+        spare = [w for z in topology.zone_names() for w in placement.max_workers(z)
+                 if w.index > topology.worker_group_of(z).desired_capacity]
+        self.slots = [
             ManagedProcess(node, component_argv(node, run_dir.topology_file, run_dir.path),
                            run_dir.log_for(node.name))
-            for node in Placement(topology).all_nodes()
+            for node in nodes + spare
         ]
+        for proc in self.slots[len(nodes):]:  # scale-out slots: not started until needed
+            proc.in_service, proc.state, proc.next_start = False, "stopped", None
+        self.groups = WorkerGroups(topology)
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        """Every node's process, and the worker slots in service (or still stopping)."""
+        return [p for p in self.slots if p.in_service or p.popen is not None]
 
     # --- the supervision loop ------------------------------------------------------------------
 
     def run_cycle(self, now: float | None = None) -> str:
-        """Reap exited children, schedule restarts per policy, start those whose time has come."""
+        """Reap exited children, resize the worker groups, replace unhealthy workers, schedule
+        restarts per policy, and start those whose time has come."""
         now = time.monotonic() if now is None else now
         actions: list[str] = []
-        for proc in self.processes:
+        for proc in self.slots:
             code = proc.reap()
             if code is not None:
                 actions.append(self._decide(proc, code, now))
+        actions += self._resize(now)
+        actions += self._replace_unhealthy()
+        for proc in self.slots:
             if proc.state == "backoff" and proc.next_start is not None and now >= proc.next_start:
                 actions.append(self._start(proc, now))
         if actions:
@@ -65,17 +85,82 @@ class Supervisor:
 
     def _decide(self, proc: ManagedProcess, code: int, now: float) -> str:
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        if not proc.in_service:
+            proc.state, proc.stop_deadline = "stopped", None
+            return f"{proc.name} {how}; stopped (scaled in)"
         if proc.held:
             proc.state = "held"
             return f"{proc.name} {how}; held"
+        if proc.replacing is not None:
+            proc.replacing, proc.backoff = None, 0.0
+            proc.state, proc.next_start = "backoff", now
+            return f"{proc.name} {how}; starting its replacement"
         restart = self.policy.restart
         if restart == "always" or (restart == "on-failure" and code != 0):
             delay = proc.schedule_restart(now, self.policy.backoff_initial_seconds,
                                           self.policy.backoff_max_seconds)
             return f"{proc.name} {how}; restarting in {delay:.1f}s"
+        if proc.node.component == "worker":  # a group replaces its dead workers (EC2 check)
+            delay = proc.schedule_restart(now, self.policy.backoff_initial_seconds,
+                                          self.policy.backoff_max_seconds)
+            return f"{proc.name} {how}; its worker group replaces it in {delay:.1f}s"
         proc.state = "exited"
         proc.next_start = None
         return f"{proc.name} {how}; not restarted (restart: {restart})"
+
+    # --- the auto-scaling groups -----------------------------------------------------------------
+
+    def _resize(self, now: float) -> list[str]:
+        """Put worker slots 1..desired of every zone in service, take the others out."""
+        actions: list[str] = []
+        for zone in self.topology.zone_names():
+            desired = self.groups.desired.desired(zone)
+            for proc in self.slots:
+                if proc.node.zone != zone or proc.node.component != "worker":
+                    continue
+                wanted = proc.node.index <= desired
+                if wanted and not proc.in_service:
+                    actions.append(f"{zone} scales out to {desired}: {proc.name} joins")
+                    proc.in_service, proc.held, proc.backoff = True, False, 0.0
+                    proc.stop_deadline = None
+                    if proc.popen is None:
+                        proc.state, proc.next_start = "backoff", now
+                    else:  # still stopping: it is restarted once it has exited
+                        proc.state = "running"
+                elif not wanted and proc.in_service:
+                    proc.in_service, proc.held, proc.replacing = False, False, None
+                    proc.next_start = None
+                    if proc.send(signal.SIGTERM):
+                        proc.state, proc.stop_deadline = "stopping", now + STOP_GRACE_SECONDS
+                        actions.append(f"{zone} scales in to {desired}: stopping {proc.name}")
+                    else:
+                        proc.state = "stopped"
+                        actions.append(f"{zone} scales in to {desired}: {proc.name} leaves")
+                if proc.stop_deadline is not None and now >= proc.stop_deadline:
+                    proc.stop_deadline = None
+                    if proc.send(signal.SIGKILL):
+                        actions.append(f"{proc.name} did not stop within "
+                                       f"{STOP_GRACE_SECONDS:g}s; killed")
+        return actions
+
+    def _replace_unhealthy(self) -> list[str]:
+        """Kill the workers their ELB health checks condemned; run_cycle starts new ones."""
+        actions: list[str] = []
+        for proc in self.slots:
+            if proc.replacing is not None or not self.groups.health.eligible(proc,
+                                                                               self.gateway_up):
+                continue
+            reason = self.groups.health.verdict(proc)
+            if reason is not None:
+                actions.append(f"replacing {proc.name} (pid {proc.pid}): {reason}")
+                proc.replacing = reason
+                proc.send(signal.SIGKILL)
+        return actions
+
+    def gateway_up(self, zone: str) -> bool:
+        """The zone's gateway (the workers' load balancer) runs and is not frozen."""
+        return any(p.node.zone == zone and p.node.component == "gateway"
+                   and p.state == "running" and not p.frozen for p in self.slots)
 
     def _start(self, proc: ManagedProcess, now: float) -> str:
         verb = "restarted" if proc.starts else "started"
@@ -90,7 +175,7 @@ class Supervisor:
     # --- operator actions (the control API) -----------------------------------------------------
 
     def select(self, selector: Selector) -> list[ManagedProcess]:
-        return [p for p in self.processes if selector.matches(p.node)]
+        return [p for p in self.slots if p.in_service and selector.matches(p.node)]
 
     def hold(self, selector: Selector, signal_name: str) -> list[str]:
         """Signal the matching processes and keep them from being restarted until released."""
@@ -141,7 +226,8 @@ class Supervisor:
         return {"supervisor": {"pid": os.getpid(), "state": self.state,
                                "started_at": self.started_at},
                 "updated_at": time.time(),
-                "processes": [p.record() for p in self.processes]}
+                "processes": [p.record() for p in self.processes],
+                "groups": self.groups.snapshot(self.slots)}
 
     def write_state(self) -> None:
         try:
@@ -152,28 +238,29 @@ class Supervisor:
     async def stop_all(self, grace: float = STOP_GRACE_SECONDS) -> str:
         """SIGCONT + SIGTERM every child, SIGKILL those still alive after ``grace`` seconds."""
         self.state = "stopping"
-        for proc in self.processes:
+        count = len(self.processes)
+        for proc in self.slots:
             proc.held = True  # nothing restarts from here on
             proc.send(signal.SIGCONT)
             proc.send(signal.SIGTERM)
         self.write_state()
         deadline = time.monotonic() + grace
-        while any(p.popen is not None for p in self.processes):
-            for proc in self.processes:
+        while any(p.popen is not None for p in self.slots):
+            for proc in self.slots:
                 proc.reap()
             if time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.05)
-        killed = [p.name for p in self.processes if p.send(signal.SIGKILL)]
-        for proc in self.processes:
+        killed = [p.name for p in self.slots if p.send(signal.SIGKILL)]
+        for proc in self.slots:
             if proc.popen is not None:
                 proc.popen.wait()
                 proc.reap()
-            proc.state = "exited"
+            proc.state = "exited" if proc.in_service else "stopped"
         self.state = "stopped"
         self.write_state()
         extra = f"; SIGKILLed {', '.join(killed)} after {grace:g}s" if killed else ""
-        return f"stopped {len(self.processes)} processes{extra}"
+        return f"stopped {count} processes{extra}"
 
 
 async def supervise(run_dir: RunDir) -> int:
@@ -188,6 +275,9 @@ async def supervise(run_dir: RunDir) -> int:
                                          create_control_app(supervisor, stop))
     log.info("supervisor pid %d: %d processes, control socket %s", os.getpid(),
              len(supervisor.processes), run_dir.socket_path)
+    groups = asyncio.create_task(supervisor.groups.run(lambda: supervisor.processes,
+                                                       supervisor.gateway_up),
+                                 name="worker-groups")
     try:
         last = ""
         while not stop.is_set():
@@ -199,6 +289,9 @@ async def supervise(run_dir: RunDir) -> int:
                 await asyncio.wait_for(stop.wait(), TICK_SECONDS)
         log.info("stopping")
     finally:
+        groups.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await groups
         log.info("%s", await supervisor.stop_all())
         await control.cleanup()
         run_dir.socket_path.unlink(missing_ok=True)

@@ -21,6 +21,8 @@ StoreError subclass):
 ``POST /tx/prepare|commit|rollback|decision``, ``GET /tx/prepared``: 2PC participant
 ``POST /lease``                    ``{"epoch": N, "held": true|false}``: grant / revoke
 ``POST /membership``               ``{"zones": [...], "epoch": N}``: zones in service (2PC)
+``GET /metrics``                   Prometheus: replication lag per zone pair, prepared (in-doubt)
+                                   transactions, outbox bounds
 =================================  ==========================================================
 """
 
@@ -30,11 +32,13 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from crosszone.config import Node, Topology
 from crosszone.dataplane.openai_errors import error_middleware, error_response
@@ -254,7 +258,38 @@ def create_store_app(topology: Topology, node: Node, store: ZoneStore, *,
         in_service[:] = [str(z) for z in body["zones"]]
         return _json({"zones": in_service})
 
+    # ------------------------------------------------------------ metrics
+    registry = CollectorRegistry(auto_describe=True)
+    pair = ["zone", "peer_zone"]
+    lag_seconds = Gauge("crosszone_store_replication_lag_seconds",
+                        "Age of the oldest write the peer zone has not acknowledged", pair,
+                        registry=registry)
+    lag_records = Gauge("crosszone_store_replication_lag_records",
+                        "Writes the peer zone has not acknowledged", pair, registry=registry)
+    prepared_count = Gauge("crosszone_store_prepared_transactions",
+                           "Prepared (in-doubt) 2PC transactions", ["zone"], registry=registry)
+    prepared_age = Gauge("crosszone_store_prepared_oldest_age_seconds",
+                         "Age of the oldest prepared 2PC transaction", ["zone"],
+                         registry=registry)
+    outbox = Gauge("crosszone_store_outbox_sequence", "Outbox bounds (floor: oldest kept)",
+                   ["zone", "bound"], registry=registry)
+
+    async def metrics(request: web.Request) -> web.Response:
+        for x in await replicator.lag():
+            lag_seconds.labels(x.origin, x.destination).set(x.seconds)
+            lag_records.labels(x.origin, x.destination).set(x.records)
+        prepared_now = await store.list_prepared()
+        prepared_count.labels(zone).set(len(prepared_now))
+        oldest = min((p.prepared_at for p in prepared_now), default=None)
+        prepared_age.labels(zone).set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+        floor, head = await store.outbox_bounds()
+        outbox.labels(zone, "floor").set(floor)
+        outbox.labels(zone, "head").set(head)
+        return web.Response(body=generate_latest(registry),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/kv/{collection}/{key:.+}", get_one)
     app.router.add_put("/kv/{collection}/{key:.+}", put_one)
     app.router.add_delete("/kv/{collection}/{key:.+}", delete_one)

@@ -2,6 +2,12 @@
 
 The client's own retries are off (``max_retries=0``): every failure counted here is one that
 crosszone let through, not one the SDK papered over.
+
+Closed loop by default (each of ``concurrency`` loops sends its next request when the last one
+ended); with ``rate`` the loops share one schedule of ``rate`` request starts per second (open
+loop, bounded by ``concurrency``). Drills add product operations through
+:class:`~crosszone.workload.product.ProductOps`: a ``conversation_ratio`` share of the requests
+are conversation turns, and every ``key_churn_seconds`` an API key is created, used and revoked.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
+from crosszone.workload.product import ProductOps, sleep_until
 from crosszone.workload.record import Outcome, RequestRecord, Timeline
 
 PROMPTS = [
@@ -38,15 +46,21 @@ class WorkloadConfig:
     model: str = "deepseek-chat"
     ca_cert: str | None = None
     request_timeout: float = 30.0
+    rate: float | None = None  # request starts per second (open loop); None: closed loop
+    conversation_ratio: float = 0.0  # share of requests that are conversation turns
+    key_churn_seconds: float | None = None  # create/use/revoke a key this often
 
 
 class ChatWorkload:
     """Runs ``concurrency`` client loops until the duration or the request bound is reached."""
 
-    def __init__(self, config: WorkloadConfig, timeline: Timeline | None = None) -> None:
+    def __init__(self, config: WorkloadConfig, timeline: Timeline | None = None, *,
+                 origin: float | None = None, product: ProductOps | None = None) -> None:
         self.config = config
         self.timeline = timeline or Timeline()
-        self._t0 = 0.0
+        self.origin = origin  # time.monotonic() of t = 0 (default: when run() starts)
+        self.product = product
+        self._t0 = origin or 0.0
         self._sent = 0
         self._stop = asyncio.Event()
         self._rng = random.Random(7)
@@ -64,20 +78,44 @@ class ChatWorkload:
                                                   timeout=self.config.request_timeout) as http:
             client = openai.AsyncOpenAI(base_url=self.config.base_url, api_key=self.config.api_key,
                                         max_retries=0, http_client=http)
-            self._t0 = time.monotonic()
+            self._t0 = self.origin if self.origin is not None else time.monotonic()
             loops = [asyncio.create_task(self._loop(client, i))
                      for i in range(self.config.concurrency)]
+            if self.product is not None and self.product.has("keys") \
+                    and self.config.key_churn_seconds:
+                loops.append(asyncio.create_task(self._churn_keys(verify)))
             await asyncio.gather(*loops)
         return self.timeline
 
-    async def _loop(self, client: openai.AsyncOpenAI, n: int) -> None:
+    async def _churn_keys(self, verify: bool | str) -> None:
+        assert self.product is not None and self.config.key_churn_seconds
+        every = self.config.key_churn_seconds
+        at = every
+        async with httpx.AsyncClient(verify=verify, timeout=self.config.request_timeout) as http:
+            while at < self.config.duration_seconds and await sleep_until(self.now, at,
+                                                                          self._stop):
+                for record in await self.product.key_churn(http):
+                    self.timeline.add(record)
+                at += every
+
+    async def _loop(self, client: openai.AsyncOpenAI, loop_index: int) -> None:
         deadline = self.config.duration_seconds
         while not self._stop.is_set() and self.now() < deadline:
             if self._sent >= self.config.max_requests:
                 return
             self._sent += 1
+            n = self._sent
+            if self.config.rate and not await sleep_until(self.now, (n - 1) / self.config.rate,
+                                                          self._stop):
+                return
+            if self.now() >= deadline:
+                return
+            if self.product is not None and self.product.has("responses") \
+                    and self._rng.random() < self.config.conversation_ratio:
+                self.timeline.add(await self.product.conversation_turn(client, n))
+                continue
             stream = self._rng.random() < self.config.stream_ratio
-            prompt = f"{PROMPTS[self._sent % len(PROMPTS)]} (#{self._sent})"
+            prompt = f"{PROMPTS[n % len(PROMPTS)]} (#{n})"
             self.timeline.add(await self.one(client, prompt, stream))
 
     async def one(self, client: openai.AsyncOpenAI, prompt: str, stream: bool) -> RequestRecord:

@@ -23,6 +23,8 @@ class RequestRecord:
     zone: str | None = None  # zone whose worker served (x-crosszone-zone)
     attempts: int = 1  # 1 + retries made by the LB and the gateway
     error: str | None = None
+    kind: str = "chat"  # chat | response (a conversation turn) | key-create | key-revoke |
+    #                     revoked-key (a call with a revoked key: OK means it was refused)
 
     @property
     def latency_ms(self) -> float:

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from crosszone.config.placement import Node, Placement
 from crosszone.config.topology import Topology
-from crosszone.dataplane.gateway.auth import ApiKeyAuth
+from crosszone.dataplane.gateway.product import GatewayProduct
 from crosszone.dataplane.openai_errors import error_middleware, error_response
 from crosszone.dataplane.proxy.hop import ProxyHop
 from crosszone.dataplane.proxy.pool import Endpoint, LeastOutstanding, UpstreamPool
@@ -27,10 +27,14 @@ _FORM_TYPES = ("multipart/", "application/x-www-form-urlencoded")
 
 
 def gateway_pool(topology: Topology, zone: str) -> UpstreamPool:
-    """Every worker, own zone first (tier 0), the other zones as fallback (tier 1)."""
+    """Every worker slot up to each group's max_size, own zone first (tier 0), the other zones
+    as fallback (tier 1). Slots beyond desired_capacity start unavailable: an auto-scaling
+    group starts them later, and they take requests only once a health check has passed."""
     placement = Placement(topology)
-    endpoints = [Endpoint(worker.name, name, worker.url, priority=0 if name == zone else 1)
-                 for name in topology.zone_names() for worker in placement.workers(name)]
+    endpoints = [Endpoint(worker.name, name, worker.url, priority=0 if name == zone else 1,
+                          healthy=None if worker.index <= topology.worker_group_of(name)
+                          .desired_capacity else False)
+                 for name in topology.zone_names() for worker in placement.max_workers(name)]
     return UpstreamPool(endpoints, LeastOutstanding(), fail_open=False)
 
 
@@ -66,8 +70,8 @@ def create_gateway_app(topology: Topology, node: Node) -> web.Application:
     hop = ProxyHop(gateway_pool(topology, zone), timeouts=gw.timeouts,
                    max_attempts=gw.max_attempts, health_check=gw.health_check,
                    metrics_prefix="crosszone_gateway", served_headers=_served,
-                   label=f"gateway {zone}", source_host=node.host)
-    auth = ApiKeyAuth(topology.auth.api_keys)
+                   label=f"gateway {zone}", source_host=node.host, migration=gw.migration)
+    product = GatewayProduct(topology, node, hop)  # keys, conversations, usage (zone store)
     too_large = f"request body exceeds {max_body} bytes"
 
     async def relay(request: web.Request) -> web.StreamResponse:
@@ -80,13 +84,12 @@ def create_gateway_app(topology: Topology, node: Node) -> web.Application:
         if bad is not None:
             hop.metrics.count_request(request.path, bad.status)
             return bad
-        return await hop.proxy(request, body)
+        return await product.proxy(request, body)
 
     async def _admit(request: web.Request) -> web.Response | None:
-        if not auth.allows(request.headers.get("Authorization")):
-            return error_response(401, "invalid or missing API key; send "
-                                  "'Authorization: Bearer <key>'", code="invalid_api_key",
-                                  headers={"WWW-Authenticate": "Bearer"})
+        denied = await product.admit(request)
+        if denied is not None:
+            return denied
         length = request.content_length
         if length is not None and length > max_body:
             return error_response(413, too_large, code="body_too_large")
@@ -112,6 +115,7 @@ def create_gateway_app(topology: Topology, node: Node) -> web.Application:
     app[GATEWAY_HOP] = hop
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    product.attach(app)  # /v1/responses, /admin/*: before the catch-all relay route
     app.router.add_route("*", "/v1/{tail:.*}", relay)
     hop.attach(app)
     return app

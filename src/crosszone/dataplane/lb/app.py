@@ -18,6 +18,7 @@ from aiohttp import web
 
 from crosszone.config.placement import Placement
 from crosszone.config.topology import Timeouts, Topology
+from crosszone.control.fencing import FencingGuard
 from crosszone.dataplane.gateway.auth import ApiKeyAuth
 from crosszone.dataplane.openai_errors import error_middleware, error_response
 from crosszone.dataplane.proxy.hop import ProxyHop
@@ -27,6 +28,7 @@ from crosszone.dataplane.proxy.pool import (
     UpstreamPool,
     WeightedLeastOutstanding,
 )
+from crosszone.errors import StaleFencingToken
 
 LB_HOP = web.AppKey("crosszone_lb_hop", ProxyHop)
 
@@ -110,10 +112,11 @@ def create_lb_app(topology: Topology) -> web.Application:
     hop = ProxyHop(pool, timeouts=lb_timeouts(topology), max_attempts=len(pool.endpoints),
                    health_check=topology.load_balancer.health_check,
                    metrics_prefix="crosszone_lb", served_headers=_served,
-                   label="load balancer")
+                   label="load balancer", migration=topology.gateway.migration, hedge=True)
     max_body = topology.gateway.max_body_bytes
     admin_token = topology.auth.admin_token
     admin = ApiKeyAuth([admin_token] if admin_token else [])
+    fence = FencingGuard(require=False)  # an operator's manual PUT carries no token
 
     async def relay(request: web.Request) -> web.StreamResponse:
         length = request.content_length
@@ -139,9 +142,16 @@ def create_lb_app(topology: Topology) -> web.Application:
         return hop.metrics_response()
 
     async def put_weights(request: web.Request) -> web.Response:
-        # Until fencing arrives, an admin token (when configured) guards traffic shifts.
+        # The admin token (when configured) says who may shift traffic; the fencing token says
+        # the sender is still the acting leader: a deposed controller's push is refused.
         if admin_token and not admin.allows(request.headers.get("Authorization")):
             return error_response(401, "admin token required", code="invalid_admin_token")
+        try:
+            fence.admit_header(request.headers)
+        except StaleFencingToken as exc:
+            return error_response(409, str(exc), code="stale_fencing_token")
+        except ValueError as exc:
+            return error_response(400, str(exc), code="invalid_fencing_token")
         try:
             weights = parse_weights(orjson.loads(await request.read()), topology.zone_names())
         except (orjson.JSONDecodeError, ValueError) as exc:
@@ -159,5 +169,6 @@ def create_lb_app(topology: Topology) -> web.Application:
     app.router.add_get("/lb/metrics", metrics)
     app.router.add_put("/lb/weights", put_weights)
     app.router.add_route("*", "/v1/{tail:.*}", relay)
+    app.router.add_route("*", "/admin/{tail:.*}", relay)  # keys, usage: the gateways
     hop.attach(app)
     return app

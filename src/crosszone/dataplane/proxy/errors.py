@@ -10,7 +10,7 @@ from multidict import CIMultiDictProxy
 from crosszone.dataplane.proxy.pool import Endpoint
 from crosszone.errors import UpstreamError
 
-Reason = Literal["connect", "timeout", "reset", "status"]
+Reason = Literal["connect", "timeout", "reset", "status", "stream_error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,8 @@ class AttemptError(UpstreamError):
 
     ``reason`` is a metric label: ``connect`` (refused or connect timeout), ``timeout`` (no
     headers or data in time), ``reset`` (connection broken), ``status`` (a 5xx answer, kept in
-    ``response``).
+    ``response``), ``stream_error`` (an error event in the middle of a stream). ``endpoint`` is
+    set when the failure belongs to another endpoint than the attempt's own (a hedge that won).
     """
 
     def __init__(self, reason: Reason, message: str, *,
@@ -35,6 +36,15 @@ class AttemptError(UpstreamError):
         super().__init__(message, retryable=True, status=504 if reason == "timeout" else 502)
         self.reason: Reason = reason
         self.response = response
+        self.endpoint: Endpoint | None = None
+
+
+class MigrationFailed(UpstreamError):
+    """A broken stream could not be continued; ``code`` goes into the client's error event."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message, retryable=False)
+        self.code = code
 
 
 def describe(exc: BaseException) -> str:

@@ -4,6 +4,11 @@ Each attempt picks an endpoint the request has not tried yet. A refused or broke
 timeout or a 5xx answer ejects that endpoint at once (passive health) and, as long as the client
 has received nothing, the request moves on, up to ``max_attempts`` tries and the total timeout.
 A 4xx answer is the client's problem and is passed through unchanged.
+
+Streams are relayed by :class:`~.relay.StreamRelay`; with ``migration.max_migrations`` > 0 a
+stream of an API with a dialect (chat, completions) that breaks after its first byte continues on
+another endpoint (:mod:`.migration`). With a :class:`~.hedge.Hedger`, the first attempt of a
+streamed request on a hedged route is hedged when its answer is late.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from crosszone.config.topology import Timeouts
+from crosszone.config.topology import Migration, Timeouts
 from crosszone.dataplane.openai_errors import error_response
+from crosszone.dataplane.proxy.dialects import dialect_for
 from crosszone.dataplane.proxy.errors import AttemptError, BufferedResponse, describe, silent
 from crosszone.dataplane.proxy.headers import REQUEST_ID, client_headers
+from crosszone.dataplane.proxy.hedge import Hedger, RetryBudget
 from crosszone.dataplane.proxy.metrics import HopMetrics
+from crosszone.dataplane.proxy.migration import Migrator
 from crosszone.dataplane.proxy.pool import Endpoint, UpstreamPool
 from crosszone.dataplane.proxy.relay import StreamRelay
 
@@ -35,12 +43,19 @@ class Forwarder:
     """Sends requests to a pool over one shared keep-alive session (set before use)."""
 
     def __init__(self, pool: UpstreamPool, timeouts: Timeouts, max_attempts: int,
-                 metrics: HopMetrics, served_headers: ServedHeaders) -> None:
+                 metrics: HopMetrics, served_headers: ServedHeaders, *,
+                 migration: Migration | None = None, hedge: bool = False) -> None:
         self.pool = pool
         self.timeouts = timeouts
         self.max_attempts = max_attempts
         self.metrics = metrics
         self.served_headers = served_headers
+        self.max_migrations = migration.max_migrations if migration is not None else 0
+        self.hedger: Hedger | None = None
+        if hedge and migration is not None and migration.hedge_first_token_ms is not None:
+            self.hedger = Hedger(migration.hedge_first_token_ms / 1000,
+                                 RetryBudget(migration.hedge_budget_percent),
+                                 migration.hedge_routes)
         self.session: aiohttp.ClientSession | None = None
         # Only the connect phase is left to aiohttp; the other phases use deadlines below.
         self._client_timeout = aiohttp.ClientTimeout(
@@ -54,6 +69,8 @@ class Forwarder:
         deadline = started + self.timeouts.total_seconds
         tried: list[Endpoint] = []
         last: AttemptError | None = None
+        hedge = self.hedger is not None and self.hedger.wants(request.method, request.path,
+                                                              body)
         while len(tried) < self.max_attempts and loop_time() < deadline:
             ep = self.pool.pick(tried)
             if ep is None:
@@ -64,31 +81,33 @@ class Forwarder:
             self.metrics.count_attempt(ep.name)
             ep.outstanding += 1
             try:
-                return await self._attempt(ep, len(tried), request, body, headers, rid,
-                                           started, deadline)
+                return await self._attempt(ep, tried, request, body, headers, rid, started,
+                                           deadline, hedge)
             except AttemptError as exc:
                 last = exc
-                self._eject(ep, exc)
+                self.eject(exc.endpoint or ep, exc)
             finally:
                 ep.outstanding -= 1
+            hedge = False  # only the first attempt is hedged
         return self._give_up(tried, last, rid, started)
 
-    async def _attempt(self, ep: Endpoint, attempt: int, request: web.Request, body: bytes,
-                       headers: CIMultiDict[str], rid: str, started: float,
-                       deadline: float) -> web.StreamResponse:
+    async def open(self, ep: Endpoint, method: str, path: str, body: bytes,
+                   headers: CIMultiDict[str], headers_by: float,
+                   deadline: float) -> aiohttp.ClientResponse:
+        """Send one request to ``ep`` and wait for its response headers until ``headers_by``.
+
+        A 5xx answer raises AttemptError (its body kept, to pass on if nothing does better).
+        """
         if self.session is None:
             raise RuntimeError("Forwarder.session is not set (app not started)")
-        loop_time = asyncio.get_running_loop().time
-        attempt_start = loop_time()
-        headers_by = min(attempt_start + self.timeouts.first_byte_seconds, deadline)
+        attempt_start = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout_at(headers_by) as timer:
                 ep.waiting.add(timer)
                 try:
                     upstream = await self.session.request(
-                        request.method, URL(ep.url + request.raw_path, encoded=True),
-                        data=body or None, headers=headers, timeout=self._client_timeout,
-                        allow_redirects=False)
+                        method, URL(ep.url + path, encoded=True), data=body or None,
+                        headers=headers, timeout=self._client_timeout, allow_redirects=False)
                 finally:
                     ep.waiting.discard(timer)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
@@ -100,32 +119,68 @@ class Forwarder:
                                ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise AttemptError("reset", f"{ep.name}: {describe(exc)}") from exc
-
-        extra = self.served_headers(ep, attempt)
-        extra[REQUEST_ID] = rid
-        try:
-            if upstream.status >= 500:
+        if upstream.status >= 500:
+            try:
                 raise AttemptError("status", f"{ep.name} answered HTTP {upstream.status}",
                                    response=await self._read_quietly(upstream, deadline))
+            finally:
+                upstream.release()
+        return upstream
+
+    async def _attempt(self, ep: Endpoint, tried: list[Endpoint], request: web.Request,
+                       body: bytes, headers: CIMultiDict[str], rid: str, started: float,
+                       deadline: float, hedge: bool) -> web.StreamResponse:
+        loop_time = asyncio.get_running_loop().time
+        headers_by = min(loop_time() + self.timeouts.first_byte_seconds, deadline)
+        served = ep
+        if hedge and self.hedger is not None:
+            served, upstream = await self.hedger.open(
+                self, ep, tried, request.method, request.raw_path, body, headers, headers_by,
+                deadline)
+        else:
+            upstream = await self.open(ep, request.method, request.raw_path, body, headers,
+                                       headers_by, deadline)
+        extra = self.served_headers(served, len(tried))
+        extra[REQUEST_ID] = rid
+        try:
             if upstream.content_type == "text/event-stream":
                 idle = self.timeouts.idle_seconds
-                relay = StreamRelay(request, upstream, ep, idle_seconds=idle, deadline=deadline,
-                                    extra_headers=extra)
+                relay = StreamRelay(request, upstream, served, idle_seconds=idle,
+                                    deadline=deadline, extra_headers=extra,
+                                    migrator=self._migrator(request, body, headers, tried,
+                                                            deadline),
+                                    on_failure=self.eject)
                 response = await relay.run(max(headers_by, loop_time() + idle))
-                if relay.failure is not None:
-                    self._eject(ep, relay.failure)
                 end = loop_time()
                 self.metrics.ttfb.observe((relay.first_byte_at or end) - started)
                 self.metrics.duration.observe(end - started)
                 return response
-            data = await self._read(upstream, ep, deadline)
+            data = await self._read(upstream, served, deadline)
+        except AttemptError as exc:
+            if served is not ep:
+                exc.endpoint = served  # the hedge won, then failed: eject it, not ep
+            raise
         finally:
             upstream.release()
+            if served is not ep:
+                served.outstanding -= 1
         elapsed = loop_time() - started
         self.metrics.ttfb.observe(elapsed)
         self.metrics.duration.observe(elapsed)
         return web.Response(status=upstream.status, body=data,
                             headers=client_headers(upstream.headers, extra))
+
+    def _migrator(self, request: web.Request, body: bytes, headers: CIMultiDict[str],
+                  tried: list[Endpoint], deadline: float) -> Migrator | None:
+        """A migrator for this stream, if its API can be continued and migration is on."""
+        if not self.max_migrations or request.method != "POST":
+            return None
+        dialect = dialect_for(request.path)
+        if dialect is None:
+            return None
+        return Migrator(self, dialect, method=request.method, path=request.raw_path, body=body,
+                        headers=headers, max_migrations=self.max_migrations, tried=tried,
+                        deadline=deadline)
 
     async def _read(self, upstream: aiohttp.ClientResponse, ep: Endpoint,
                     deadline: float) -> bytes:
@@ -156,7 +211,8 @@ class Forwarder:
             return None
         return BufferedResponse(upstream.status, upstream.headers, body)
 
-    def _eject(self, ep: Endpoint, failure: AttemptError) -> None:
+    def eject(self, ep: Endpoint, failure: AttemptError) -> None:
+        """Passive ejection of ``ep`` after ``failure`` (counted and logged once)."""
         if self.pool.eject(ep, str(failure)):
             self.metrics.count_ejection(ep.name, failure.reason)
             log.warning("ejected %s: %s", ep.name, failure)

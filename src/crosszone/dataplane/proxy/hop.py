@@ -11,7 +11,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from crosszone.config.topology import HealthCheck, Timeouts
+from crosszone.config.topology import HealthCheck, Migration, Timeouts
 from crosszone.dataplane.proxy.forward import Forwarder, ServedHeaders
 from crosszone.dataplane.proxy.headers import request_id, upstream_headers
 from crosszone.dataplane.proxy.health import ActiveHealthChecker
@@ -40,12 +40,14 @@ class ProxyHop:
 
     def __init__(self, pool: UpstreamPool, *, timeouts: Timeouts, max_attempts: int,
                  health_check: HealthCheck, metrics_prefix: str, served_headers: ServedHeaders,
-                 label: str, source_host: str | None = None) -> None:
+                 label: str, source_host: str | None = None, migration: Migration | None = None,
+                 hedge: bool = False) -> None:
         self.pool = pool
         self.label = label
         self.source_host = source_host
         self.metrics = HopMetrics(metrics_prefix)
-        self.forwarder = Forwarder(pool, timeouts, max_attempts, self.metrics, served_headers)
+        self.forwarder = Forwarder(pool, timeouts, max_attempts, self.metrics, served_headers,
+                                   migration=migration, hedge=hedge)
         self.checker = ActiveHealthChecker(pool, health_check, label=label,
                                            source_host=source_host)
         self.session: aiohttp.ClientSession | None = None
@@ -75,12 +77,13 @@ class ProxyHop:
             self.session = None
             await asyncio.sleep(0)  # let the connector's transports close
 
-    async def proxy(self, request: web.Request, body: bytes) -> web.StreamResponse:
+    async def proxy(self, request: web.Request, body: bytes,
+                    rid: str | None = None) -> web.StreamResponse:
         """Forward ``request`` (its body already read and checked) and count the answer."""
         metrics = self.metrics
         metrics.in_flight += 1
         try:
-            rid = request_id(request.headers)
+            rid = rid or request_id(request.headers)  # the gateway may have fixed it
             response = await self.forwarder.forward(
                 request, body, upstream_headers(request.headers, rid), rid)
         finally:

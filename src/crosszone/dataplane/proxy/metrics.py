@@ -52,6 +52,19 @@ class HopMetrics:
         self.duration = Histogram(f"{prefix}_request_duration_seconds",
                                   "From request received to the last byte sent",
                                   buckets=_BUCKETS, registry=reg)
+        self.migrations = Counter(f"{prefix}_stream_migrations",
+                                  "Broken streams this hop tried to continue elsewhere, by the "
+                                  "failure and the outcome (resumed, limit, unsupported, "
+                                  "failed)", ["reason", "outcome"], registry=reg)
+        self.reprefilled_tokens = Counter(f"{prefix}_reprefilled_tokens",
+                                          "Tokens sent again as the prefix of a continuation",
+                                          registry=reg)
+        self.migration_pause = Histogram(f"{prefix}_migration_pause_seconds",
+                                         "From a stream's failure to its continuation's first "
+                                         "chunk", buckets=_BUCKETS, registry=reg)
+        self.hedges = Counter(f"{prefix}_hedges",
+                              "Hedged first tokens, by outcome (won: the hedge answered first; "
+                              "lost; denied: over the budget)", ["outcome"], registry=reg)
         self.in_flight = 0  # plain int on the hot path; copied to the gauge at scrape time
         # labelled children cached: ``labels()`` takes a lock and builds a tuple on every call
         self._request_children: dict[tuple[str, int], Counter] = {}
@@ -74,6 +87,12 @@ class HopMetrics:
 
     def count_retry(self, reason: str) -> None:
         self.retries.labels(reason).inc()
+
+    def count_migration(self, reason: str, outcome: str) -> None:
+        self.migrations.labels(reason, outcome).inc()
+
+    def count_hedge(self, outcome: str) -> None:
+        self.hedges.labels(outcome).inc()
 
     def count_ejection(self, upstream: str, reason: str) -> None:
         self.ejections.labels(upstream, reason).inc()
