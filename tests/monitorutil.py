@@ -15,6 +15,7 @@ from aiohttp import web
 
 from crosszone.config import Topology
 from crosszone.monitoring.addresses import monitor_node
+from crosszone.monitoring.duckdb import DuckDBMetricsStore
 from crosszone.monitoring.monitor import create_monitor_app
 from crosszone.monitoring.settings import MonitoringSettings
 
@@ -75,7 +76,10 @@ class MonitorHarness:
 
     async def _start_monitor(self, zone: str) -> None:
         node = monitor_node(self.topology, zone, self.settings)
-        app = create_monitor_app(self.topology, node, self.run_dir, settings=self.settings)
+        # Its own database: the stack's monitor of this zone holds the default file's lock.
+        store = DuckDBMetricsStore(str(self.run_dir / "harness" / f"metrics-{zone}.duckdb"))
+        app = create_monitor_app(self.topology, node, self.run_dir, settings=self.settings,
+                                 store=store)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self.runners.append(runner)
