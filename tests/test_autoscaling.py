@@ -272,8 +272,6 @@ TIMEOUT = 40.0  # generous: the test machine is often busy
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[LocalStack]:
-    if not components_ready():
-        pytest.skip("worker/gateway/LB apps are not importable yet")
     group = {"min_size": 1, "max_size": 3, "desired_capacity": 2, "port": 9000}
     topo = local_topology(180, http_port=18180, https_port=18620, decode_ms=40.0,
                           worker_group=group, control={

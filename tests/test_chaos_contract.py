@@ -66,10 +66,8 @@ def leftovers(uid: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from stackutil import components_ready, local_topology, start_stack
+    from stackutil import local_topology, start_stack
 
-    if not components_ready():
-        pytest.skip("the data plane components are not available yet")
     return start_stack(request, tmp_path_factory.mktemp("chaos-contract-run"),
                        local_topology(first_octet=117, http_port=18717, https_port=18718,
                                       workers=2, zones=("ca", "cb")))
