@@ -4,7 +4,11 @@ For each trial it measures, from the moment the fault is injected:
 
 * LB routed around: the LB's own health checks (or passive ejection) stop using the zone;
 * controller shifted: the acting controller pushed weight 0 for the zone to the LB;
-* for a kill of the leader's zone: a new acting leader (a higher term) answers.
+* for a kill of the leader's zone: a new acting leader (a higher term) answers;
+* stores: the surviving zone stores run two-phase commit without the zone (the leader took it
+  out once its store lease had surely lapsed);
+* strong write: how long an API-key creation sent through the LB at the moment of the fault
+  took to succeed (the gateway retries on other zones' stores meanwhile).
 
 and compares with the detection time computed for the seed's 30 s / 5 s / 2 / 2 settings.
 Run: ``python -m bench.failover_bench [--trials 5]``; writes a section of bench/RESULTS.md.
@@ -13,9 +17,11 @@ Run: ``python -m bench.failover_bench [--trials 5]``; writes a section of bench/
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +33,7 @@ from bench.common import write_section
 from crosszone.config import load_topology
 from crosszone.config.placement import Placement
 from crosszone.runtime import LocalStack
+from crosszone.tools.membership import statuses
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST = 190  # zones 127.0.190-192.0/24, LB 127.0.0.190
@@ -56,6 +63,17 @@ class Probe:
         zones: dict[str, dict[str, Any]] = httpx.get(self.lb + "/lb/status",
                                                      timeout=1).json()["zones"]
         return zones
+
+    def out_of_membership(self, zone: str) -> bool:
+        seen = asyncio.run(statuses(self.stack.topology, timeout=0.5))
+        others = [s for z, s in seen.items() if z != zone and s is not None]
+        return bool(others) and all(zone not in s.zones for s in others)
+
+    def strong_write(self, done: dict[str, float], t0: float) -> None:
+        """One API-key creation through the LB; its completion time (or -1 on failure)."""
+        answer = httpx.post(self.lb + "/admin/keys", json={"name": "bench"}, timeout=30,
+                            headers={"Authorization": f"Bearer {self.stack.admin_token}"})
+        done["strong"] = time.monotonic() - t0 if answer.status_code == 200 else -1.0
 
     def leader(self) -> tuple[str, int] | None:
         for zone in self.stack.topology.zone_names():
@@ -95,6 +113,9 @@ def trial(stack: LocalStack, probe: Probe, signal: str, leader_zone: bool) -> di
     victim = lead[0] if leader_zone else next(z for z in zones if z != lead[0])
     t0 = time.monotonic()
     stack.hold(zone=victim, signal=signal)
+    done: dict[str, float] = {}
+    writer = threading.Thread(target=probe.strong_write, args=(done, t0), daemon=True)
+    writer.start()
     try:
         out = {"lb": until(lambda: not probe.lb_zones()[victim]["available"]) + 0.0}
         out["controller"] = (time.monotonic() - t0) + until(
@@ -102,6 +123,10 @@ def trial(stack: LocalStack, probe: Probe, signal: str, leader_zone: bool) -> di
         if leader_zone:
             out["leader"] = (time.monotonic() - t0) + until(
                 lambda: (x := probe.leader()) is not None and x[1] > lead[1])
+        out["stores"] = (time.monotonic() - t0) + until(
+            lambda: probe.out_of_membership(victim))
+        writer.join(35)
+        out["strong"] = done.get("strong", -1.0)
         return out
     finally:
         stack.release(zone=victim)
@@ -139,11 +164,17 @@ def main() -> int:
              f"{hc.healthy_threshold_count} / {hc.unhealthy_threshold_count}, Raft "
              "controllers); median / max from fault injection:", "",
              "| fault | LB routes around the zone | controller drains it at the LB "
-             "| new acting leader |", "|---|---|---|---|"]
+             "| new acting leader | stores run 2PC without it | a strong write sent at the "
+             "fault succeeded after |", "|---|---|---|---|---|---|"]
     for name, rows in results.items():
         leader = summary([r["leader"] for r in rows]) if name == "leader kill" else "-"
+        strong = [r["strong"] for r in rows]
+        failed = sum(1 for x in strong if x < 0)
+        written = summary([x for x in strong if x >= 0]) if failed < len(strong) else "-"
         lines.append(f"| zone {name} | {summary([r['lb'] for r in rows])} | "
-                     f"{summary([r['controller'] for r in rows])} | {leader} |")
+                     f"{summary([r['controller'] for r in rows])} | {leader} | "
+                     f"{summary([r['stores'] for r in rows])} | {written}"
+                     + (f" ({failed} failed)" if failed else "") + " |")
     lines += ["", "Targets (ANCHORS.md): a frozen zone routed around within 2 s; a new acting "
               "leader within 3 s (Patroni 20-45 s, ELB about 60 s, Route 53 45-120 s).",
               f"Computed silent-zone detection: local settings at most "

@@ -9,7 +9,7 @@ import httpx
 import openai
 
 from crosszone.runtime import LocalStack
-from crosszone.tools.membership import restore_service, take_out_of_service
+from crosszone.tools.membership import wait_in_service, wait_out_of_service
 
 MODEL = "deepseek-chat"
 
@@ -44,15 +44,16 @@ def create_key(stack: LocalStack, name: str = "test") -> dict[str, Any]:
     return created
 
 
-def kill_zone(stack: LocalStack, zone: str) -> None:
-    """Kill every process of ``zone`` (kept down) and, standing in for the control plane, take
-    it out of service on the surviving stores."""
+def kill_zone(stack: LocalStack, zone: str, *, wait_out: bool = False) -> None:
+    """Kill every process of ``zone`` (kept down); with ``wait_out``, also wait until the
+    controllers have taken it out of the stores' 2PC membership."""
     stack.hold(zone=zone, signal="KILL")
-    assert asyncio.run(take_out_of_service(stack.topology, zone)) == []
+    if wait_out:
+        asyncio.run(wait_out_of_service(stack.topology, zone, timeout=15))
 
 
 def heal_zone(stack: LocalStack, zone: str) -> None:
-    """Restart ``zone``, wait until it is healthy and caught up, put it back in service."""
+    """Restart ``zone``, wait until it is healthy, caught up, and back in service."""
     stack.release(zone=zone)
     stack.wait_healthy(timeout=30)
-    assert asyncio.run(restore_service(stack.topology, timeout=30)) == []
+    asyncio.run(wait_in_service(stack.topology, timeout=30))

@@ -5,6 +5,8 @@ Zones on 127.0.140-142.0/24, LB on 127.0.0.140:18140. The last test kills a zone
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -117,3 +119,29 @@ def test_sync_conversation_continues_in_another_zone_after_a_kill(stack: LocalSt
         heal_zone(stack, first)
     back = client(stack, stack.api_key, first).responses.retrieve(follow.id)
     assert back.output_text == follow.output_text
+
+
+def test_a_reused_client_request_id_is_still_billed_per_request(stack: LocalStack) -> None:
+    """Usage is keyed by an id the LB mints, not by the client's x-request-id (which passes
+    through for tracing): replaying one id must not make later requests free."""
+    created = create_key(stack, "replayer")
+    api = client(stack, created["key"])
+    for _ in range(3):
+        answer = api.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "again"}], max_tokens=4,
+            extra_headers={"x-request-id": "same-id-every-time"})
+        assert answer.headers["x-request-id"] == "same-id-every-time"
+    totals = wait_usage(stack, created["id"], requests=3)
+    assert totals["requests"] == 3
+
+
+def wait_usage(stack: LocalStack, key_id: str, requests: int) -> dict[str, int]:
+    """The key's usage totals once ``requests`` are recorded (async writes; 10 s at most)."""
+    deadline = time.monotonic() + 10
+    while True:
+        answer = admin(stack, "GET", f"/admin/usage?key_id={key_id}")
+        assert answer.status_code == 200, answer.text
+        totals: dict[str, int] = answer.json()["totals"]
+        if totals.get("requests", 0) >= requests or time.monotonic() > deadline:
+            return totals
+        time.sleep(0.2)

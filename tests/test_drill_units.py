@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from crosszone.drills.cli import drill_app, resolve_file
+from crosszone.drills.judge import split_refusals
 from crosszone.drills.rto import Episode, Span, baseline, episodes, recovery, thresholds
 from crosszone.drills.scenario import load_scenario, parse_scenario
 from crosszone.drills.splitbrain import LeaderClaim, check_split_brain
@@ -180,3 +181,16 @@ def test_drill_list_and_file_resolution(tmp_path: Path) -> None:
     answer = CliRunner().invoke(drill_app, ["run", str(tmp_path / "broken.yaml")])
     assert answer.exit_code == 2
     assert "faults" in answer.output + str(answer.stderr if answer.stderr_bytes else "")
+
+
+def test_designed_refusals_are_reported_apart_and_nothing_else_is_excused() -> None:
+    records = [_rec(0, 1), _rec(1, 2, ok=False), _rec(2, 3, ok=False, kind="key-create")]
+    records[2] = RequestRecord(2, 3, False, Outcome.FAILED, "z", kind="key-create",
+                               error="ConflictError: Error code: 409 - zone c holds no lease")
+    counted, refused = split_refusals(records, {"holds no lease": "no quorum"})
+    assert [r.error for r in counted] == ["boom"] and refused == {"holds no lease": 1}
+    counted, refused = split_refusals(records, {})
+    assert len(counted) == 2 and not refused
+    doc = load_scenario(LIBRARY / "two-zones-down.yaml")
+    assert doc.slo.designed_refusals == {
+        "holds no lease": "strong write without a controller majority (CP by design)"}

@@ -200,6 +200,35 @@ async def test_fails_open_when_no_target_looks_healthy(make_stack: StackFactory)
     assert resp.headers["x-crosszone-gateway-zone"] == "za"
 
 
+async def test_a_request_no_zone_can_serve_yet_waits_for_one_instead_of_failing(
+        make_stack: StackFactory) -> None:
+    """Every gateway down (a mass restart): the LB retries rounds with backoff, and the
+    request succeeds once one gateway is back, within the LB's patience."""
+    stack = await make_stack()
+    for server in stack.gateways.values():
+        await server.stop()
+    await stack.wait(lambda: not stack.hop.pool.available(), timeout=5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    pending = asyncio.create_task(stack.chat())
+    await asyncio.sleep(1.0)
+    assert not pending.done()  # still waiting: no 503 after the first round
+    node = next(n for n in Placement(stack.topology).gateways() if n.zone == "zb")
+    back = await AppServer(create_gateway_app(stack.topology, node), node.host,
+                           node.port).start()
+    try:
+        resp = await asyncio.wait_for(pending, 10)
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["x-crosszone-gateway-zone"] == "zb"
+        assert 1.0 <= loop.time() - started < 8.0
+    finally:
+        await back.stop()  # nothing comes back now: a clear 503 after the patience
+    started = loop.time()
+    resp = await stack.chat()
+    assert resp.status == 503 and (await resp.json())["error"]["code"] == "no_healthy_upstream"
+    assert loop.time() - started >= 7.0
+
+
 @pytest.mark.filterwarnings("ignore:`verify=<str>` is deprecated:DeprecationWarning")
 async def test_https_listener_with_the_official_openai_client(make_stack: StackFactory) -> None:
     stack = await make_stack(mode="active-backup")

@@ -86,6 +86,14 @@ def test_fail_open_tries_every_target_in_order() -> None:
     assert UpstreamPool([a, b, c], fail_open=False).pick() is None
 
 
+def test_fail_open_prefers_the_endpoint_that_failed_the_fewest_checks_in_a_row() -> None:
+    a, b, c = eps(("a", 0), ("b", 0), ("c", 0))  # one tier: zones of equal weight
+    pool = UpstreamPool([a, b, c], fail_open=True)
+    for ep, failures in ((a, 40), (b, 35), (c, 2)):  # a, b refused for a while; c just starved
+        ep.healthy, ep.failures = False, failures
+    assert [pool.pick(exclude=x) for x in ([], [c], [c, b])] == [c, b, a]
+
+
 def test_weighted_split_follows_weights_when_idle() -> None:
     a, b, c = eps(("a", 0), ("b", 0), ("c", 0))
     a.set_weight(3)

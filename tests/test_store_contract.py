@@ -205,7 +205,11 @@ async def test_fencing_rejects_stale_tokens_and_lost_lease(stores: Any) -> None:
     with pytest.raises(Fenced):
         await s.decide("a~1", "commit")
     with pytest.raises(Fenced):
-        await s.prepare("z~3", [rec("k3", 1, 100, "z")], token=9)
+        await s.prepare("z~3", [rec("k3", 1, 100, "z")], token=4)  # stale token
+    # without a lease a zone still takes part in 2PC with a current token (a re-admitted zone
+    # catching up), but serves no strong read and coordinates nothing
+    await s.prepare("z~3", [rec("k3", 1, 100, "z")], token=9)
+    assert await s.rollback_prepared("z~3")
     assert (await s.get("c", "k")).value == 1  # type: ignore[union-attr]  # async reads still work
     await s.put("c", "k4", 1)  # async writes still work
     await s.close()
@@ -216,6 +220,32 @@ async def test_fencing_rejects_stale_tokens_and_lost_lease(stores: Any) -> None:
     with pytest.raises(Fenced):
         await s.check_token(11)
     await s.check_token(12)
+
+
+async def test_time_limited_lease_lapses_and_await_grant(stores: Any) -> None:
+    s = await make(stores)
+    await s.set_lease(3, ttl=0.3)
+    assert s.lease == 3 and s.lease_remaining is not None and 0 < s.lease_remaining <= 0.3
+    await s.get("c", "k", strong=True)
+    await asyncio.sleep(0.4)
+    assert s.lease is None  # not renewed: lapsed by itself
+    with pytest.raises(Fenced):
+        await s.get("c", "k", strong=True)
+    with pytest.raises(Fenced):
+        await s.decide("a~1", "commit")
+    await s.set_lease(3, ttl=5)  # renewal (no database write) restores it
+    assert s.lease == 3
+    with pytest.raises(Fenced):
+        await s.set_lease(2, ttl=5)  # even a pure renewal from a deposed term is refused
+    await s.close()
+    s = await make(stores, "a")  # reopened: the durable grant (3) comes back ...
+    assert s.lease == 3
+    s.await_grant()  # ... unless a control plane must grant it again
+    assert s.lease is None
+    with pytest.raises(Fenced):
+        await s.get("c", "k", strong=True)
+    await s.set_lease(4, ttl=5)
+    assert s.lease == 4 and s.max_token == 4
 
 
 async def test_decision_log_first_writer_wins(stores: Any) -> None:

@@ -102,6 +102,7 @@ class Timeouts(_Model):
 
 CHAT_ROUTE = "/v1/chat/completions"
 COMPLETIONS_ROUTE = "/v1/completions"
+RESPONSES_ROUTE = "/v1/responses"
 
 
 class Migration(_Model):

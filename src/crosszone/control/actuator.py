@@ -61,7 +61,14 @@ class PushReport:
 
 
 def default_targets(topology: Topology) -> list[Target]:
-    """The LB (required) and every zone gateway (best effort until they take weights)."""
+    """The LB (required) and every zone gateway (best effort).
+
+    The LB decides which zone serves, so a push counts as done only once it has acknowledged.
+    Gateways use the weights only to choose the other zones that take their cross-zone fallback
+    (``PUT /gateway/weights``); a failed zone's gateway is usually the one that cannot answer, so
+    requiring gateways would mark every zone failover as failed. They are pushed to on every
+    cycle until they acknowledge, and re-sent every ``repush_seconds``.
+    """
     placement = Placement(topology)
     lb = topology.load_balancer
     http = [lst for lst in lb.listeners if lst.protocol == "HTTP"]

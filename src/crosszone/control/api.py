@@ -5,7 +5,8 @@ sees them on its next cycle. Mutating routes need ``Authorization: Bearer <auth.
 when the topology sets one. Errors are OpenAI-style JSON, never a traceback.
 
 * ``GET  /control/health``  -- liveness
-* ``GET  /control/status``  -- leader/term, zone health, routing, shifts, last sentence
+* ``GET  /control/status``  -- leader/term, zone health (and each zone's gray-failure window),
+  routing, shifts, last sentence
 * ``GET  /control/shifts`` / ``POST /control/shifts`` ``{"zone", "expires", "reason"}``
 * ``DELETE /control/shifts/{id or zone}``
 * ``GET  /control/scaling`` -- every zone's desired capacity (what the supervisors run), with
@@ -87,9 +88,11 @@ def create_control_app(c: Controller) -> web.Application:
                                                          "term": leader.term},
             "routing": None if s.published is None else json.loads(s.published.to_json()),
             "zones": {z: asdict(ob) for z, ob in s.zones.items()},
+            "gray_failure": {z: asdict(st) for z, st in c.checker.window_stats().items()},
             "shifts": [asdict(x) for x in s.shifts],
             "alert": s.decision.alert if s.decision else None,
             "scaling": _scaling_status(c),
+            "stores": None if c.stores is None else c.stores.to_json(),
             "sentence": s.sentence, "cycles": s.cycles,
             "recent": [{"time": t, "sentence": x} for t, x in list(s.history)[-20:]]})
 

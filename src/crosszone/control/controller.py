@@ -46,6 +46,7 @@ from crosszone.control.scaling import (
 )
 from crosszone.control.settings import ControlSettings, check_control, control_settings
 from crosszone.control.shifts import SHIFT_PREFIX, ZonalShift, parse_shifts
+from crosszone.control.stores import StoreMembership
 from crosszone.errors import ConfigError, CoordinationError, CrosszoneError, RuntimeStateError
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class Controller:
                  coordinator: Coordinator, checker: HealthChecker, manager: FailoverManager,
                  pusher: RoutingPusher, dns: DnsServer | None, events: EventLog,
                  api_address: tuple[str, int] | None = None,
-                 scaler: ScalingPolicy | None = None) -> None:
+                 scaler: ScalingPolicy | None = None,
+                 stores: StoreMembership | None = None) -> None:
         self.zone = zone
         self.topology = topology
         self.settings = settings
@@ -88,6 +90,7 @@ class Controller:
         self.events = events
         self.api_address = api_address
         self.scaler = scaler or ScalingPolicy.from_topology(topology, settings.scaling)
+        self.stores = stores  # the zone stores' leases and 2PC membership (leader only)
         self.elector = Elector(coordinator, renew_seconds=settings.lease.renew_seconds,
                                loop_seconds=min(settings.loop_seconds,
                                                 settings.lease.renew_seconds / 2))
@@ -260,6 +263,8 @@ class Controller:
         if self.dns is not None:
             await self.dns.close()
         await self.pusher.close()
+        if self.stores is not None:
+            await self.stores.close()
         await self.coordinator.close()
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.events.close)
@@ -275,6 +280,7 @@ class Controller:
         await self.start()
         elector = asyncio.create_task(self.elector.run(stop), name=f"elector-{self.zone}")
         checker = asyncio.create_task(self.checker.run(), name=f"health-{self.zone}")
+        stores = asyncio.create_task(self.run_stores(stop), name=f"stores-{self.zone}")
         last = ""
         try:
             while not stop.is_set():
@@ -292,11 +298,36 @@ class Controller:
         finally:
             stop.set()
             checker.cancel()
+            stores.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await checker
             with contextlib.suppress(asyncio.CancelledError, Exception):
+                await stores
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(elector, 2.0)
             await self.close()
+
+    async def run_stores(self, stop: asyncio.Event) -> None:
+        """The store-membership cycle, every ``control.stores.renew_seconds``, while acting."""
+        if self.stores is None:
+            return
+        last = ""
+        every = self.settings.stores.renew_seconds
+        while not stop.is_set():
+            started = time.monotonic()
+            token = self.elector.acting_token()
+            if token is None:
+                self.stores.abandon()
+            else:
+                sentence = await self.stores.run_cycle(token, self.coordinator)
+                if self.stores.stale:
+                    self.elector.demote("a zone store saw a newer fencing token")
+                    self.stores.abandon()
+                if sentence != last:
+                    log.info("%s: %s", self.node_id, sentence)
+                last = sentence
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, every - (time.monotonic() - started)))
 
     def __repr__(self) -> str:
         return f"<Controller {self.zone} {self.elector!r}: {self.state.sentence[:80]!r}>"
@@ -306,7 +337,8 @@ def create_controller(topology: Topology, zone: str, *, run_dir: Path,
                       settings: ControlSettings | None = None,
                       backend: str | None = None, coordinator: Coordinator | None = None,
                       targets: list[Target] | None = None, events_path: Path | None = None,
-                      with_api: bool = True, with_dns: bool = True) -> Controller:
+                      with_api: bool = True, with_dns: bool = True,
+                      with_stores: bool = True) -> Controller:
     """The controller of ``zone``, wired from the topology (``await controller.run()``).
 
     ``settings`` replaces the topology's ``control`` section and ``backend`` its backend
@@ -349,8 +381,11 @@ def create_controller(topology: Topology, zone: str, *, run_dir: Path,
     dns = (DnsServer(settings.dns.name, me.host, settings.dns.port, ttl=settings.dns.ttl_seconds)
            if with_dns else None)
     events = EventLog(events_path or run_dir / "control" / "failover_events.sqlite")
+    stores = (StoreMembership(topology, settings.stores, zone=zone, source_host=me.host)
+              if settings.stores.enabled and with_stores else None)
     return Controller(zone=zone, topology=topology, settings=settings, coordinator=coordinator,
                       checker=checker, manager=FailoverManager.from_topology(
                           topology, settings.failover),
                       pusher=pusher, dns=dns, events=events,
-                      api_address=(me.host, settings.api_port) if with_api else None)
+                      api_address=(me.host, settings.api_port) if with_api else None,
+                      stores=stores)

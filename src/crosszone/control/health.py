@@ -27,7 +27,7 @@ import aiohttp
 
 from crosszone.config.placement import Node
 from crosszone.config.topology import HealthCheck
-from crosszone.control.grayfailure import SampleWindow, find_outliers
+from crosszone.control.grayfailure import SampleWindow, ZoneStats, find_outliers
 from crosszone.control.model import ZoneObservation
 from crosszone.control.scaling import ZoneLoad
 from crosszone.control.settings import GrayFailureSettings
@@ -111,9 +111,10 @@ class HealthChecker:
 
     def record_passive(self, zone: str, requests: int, errors: int,
                        latency_ms: float | None = None) -> None:
-        """Request outcomes a gateway or the LB saw for ``zone`` since its last report."""
+        """Request outcomes a gateway or the LB saw for ``zone`` since its last report: each
+        report holds that window's deltas (never running totals), and is added as it comes."""
         if zone in self.windows and requests > 0:
-            self.windows[zone].add(self.clock(), requests, errors, latency_ms)
+            self.windows[zone].add(self.clock(), requests, errors, latency_ms, passive=True)
 
     def eject(self, name: str, reason: str) -> bool:
         """A passive ejection (a gateway or the LB gave up on this node); False if unknown."""
@@ -205,9 +206,14 @@ class HealthChecker:
 
     # -- roll-up -----------------------------------------------------------------------------------
 
+    def window_stats(self, now: float | None = None) -> dict[str, ZoneStats]:
+        """Every zone's gray-failure window: passive request outcomes and latencies."""
+        now = self.clock() if now is None else now
+        return {z: w.stats(now) for z, w in self.windows.items()}
+
     def snapshot(self, now: float | None = None) -> dict[str, ZoneObservation]:
         now = self.clock() if now is None else now
-        outliers = find_outliers({z: w.stats(now) for z, w in self.windows.items()}, self.gray)
+        outliers = find_outliers(self.window_stats(now), self.gray)
         for z in list(self._outlier_since):
             if z not in outliers:
                 del self._outlier_since[z]

@@ -114,6 +114,32 @@ class ScalingSettings(_Model):
         "answered once or after this long (the ASG's health_check_grace_period)")
 
 
+class StoreLeaseSettings(_Model):
+    """Leases and two-phase-commit membership of the zone stores, kept by the acting leader.
+
+    A store serves strong reads and coordinates strong writes only while it holds a lease,
+    which lapses ``ttl_seconds`` after the last renewal the leader sent; the leader renews
+    every ``renew_seconds``. A store whose renewals have failed for ``ttl_seconds +
+    margin_seconds`` (counted from the leader's last acknowledgement, so its lease has surely
+    lapsed) is taken out of the membership: strong writes then run over the other zones. A zone
+    returns once nothing is left to ship to it, and is granted its lease once it is caught up
+    again after ``settle_seconds`` (longer than a prepare, so no transaction begun without it
+    is still on its way).
+    """
+
+    enabled: bool = Field(True, description="the leader grants store leases and keeps the "
+                          "membership; off: stores keep whatever they were told last")
+    ttl_seconds: float = Field(1.5, gt=0, description="a store's lease lapses this long after "
+                               "its last renewal")
+    renew_seconds: float = Field(0.25, gt=0, description="how often the leader renews")
+    request_timeout_seconds: float = Field(0.5, gt=0, description="one call to a store")
+    margin_seconds: float = Field(0.25, ge=0, description="added to ttl_seconds before a "
+                                  "store that stopped answering is taken out")
+    settle_seconds: float = Field(2.5, ge=0, description="a re-admitted zone takes part in "
+                                  "strong writes this long before it may serve strong reads "
+                                  "(must exceed storage.prepare_timeout_seconds)")
+
+
 class ControlSettings(_Model):
     """Everything the controllers need beyond the rest of the topology."""
 
@@ -132,6 +158,7 @@ class ControlSettings(_Model):
     failover: FailoverPolicy = Field(default_factory=FailoverPolicy)
     gray_failure: GrayFailureSettings = Field(default_factory=GrayFailureSettings)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
+    stores: StoreLeaseSettings = Field(default_factory=StoreLeaseSettings)
 
 
 def control_settings(topology: object) -> ControlSettings:
@@ -153,6 +180,13 @@ def check_control(c: ControlSettings, path: str = "control") -> list[ConfigProbl
             f"{path}.lease", lease.model_dump(),
             f"renew_seconds + 2 x request_timeout_seconds ({needed:g} s) must fit in "
             f"ttl_seconds - safety_margin_seconds ({usable:g} s)"))
+    st = c.stores
+    renewal = st.renew_seconds + st.request_timeout_seconds
+    if renewal >= st.ttl_seconds:
+        out.append(ConfigProblem(
+            f"{path}.stores", st.model_dump(),
+            f"renew_seconds + request_timeout_seconds ({renewal:g} s) must be less than "
+            f"ttl_seconds ({st.ttl_seconds:g} s), or a store loses its lease between renewals"))
     if c.loop_seconds > lease.renew_seconds:
         out.append(ConfigProblem(f"{path}.loop_seconds", c.loop_seconds,
                                  f"must not exceed lease.renew_seconds ({lease.renew_seconds})"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -13,7 +14,7 @@ from crosszone.drills.rto import Recovery
 from crosszone.drills.scenario import Scenario
 from crosszone.drills.splitbrain import LeaderClaim
 from crosszone.workload.product import Feature
-from crosszone.workload.record import Outcome, Timeline
+from crosszone.workload.record import Outcome, RequestRecord, Timeline
 
 Status = Literal["passed", "failed", "not applicable"]
 
@@ -86,17 +87,39 @@ def failures_by_kind(timeline: Timeline) -> Counter[str]:
     return out
 
 
+def split_refusals(records: Sequence[RequestRecord], designed: Mapping[str, str]
+                   ) -> tuple[list[RequestRecord], Counter[str]]:
+    """The failed requests that count, and how many were refused as designed, per marker."""
+    refused: Counter[str] = Counter()
+    counted = []
+    for r in records:
+        if r.outcome is Outcome.OK:
+            continue
+        marker = next((m for m in designed if m in (r.error or "")), None)
+        if marker is None:
+            counted.append(r)
+        else:
+            refused[marker] += 1
+    return counted, refused
+
+
 def _failed_requests(s: Scenario, data: DrillData) -> Verdict:
     records = data.timeline.records
-    failed = [r for r in records if r.outcome is not Outcome.OK]
+    designed = s.slo.designed_refusals
+    counted, refused = split_refusals(records, designed)
     kinds = failures_by_kind(data.timeline)
     detail = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
-    if failed:
-        errors = Counter((r.error or str(r.outcome))[:120] for r in failed)
+    if counted:
+        errors = Counter((r.error or str(r.outcome))[:120] for r in counted)
         detail += "; errors: " + "; ".join(f"{n}x {e}" for e, n in errors.most_common(3))
-    status: Status = "failed" if len(failed) > s.slo.failed_requests else "passed"
-    return Verdict("failed client requests", status, f"{len(failed)} of {len(records)}",
-                   f"<= {s.slo.failed_requests}", detail)
+    if refused:
+        detail += "; refused as designed, not counted: " + "; ".join(
+            f"{n}x '{m}' ({designed[m]})" for m, n in refused.most_common())
+    status: Status = "failed" if len(counted) > s.slo.failed_requests else "passed"
+    value = f"{len(counted)} of {len(records)}" + (
+        f" (+{sum(refused.values())} refused as designed)" if refused else "")
+    return Verdict("failed client requests", status, value, f"<= {s.slo.failed_requests}",
+                   detail)
 
 
 def _rto(s: Scenario, data: DrillData) -> Verdict:

@@ -107,6 +107,11 @@ class RpoSpec(_Model):
 
 class SloSpec(_Model):
     failed_requests: int = Field(0, ge=0, description="failed client requests allowed")
+    designed_refusals: dict[str, str] = Field(
+        default_factory=dict, description="error text -> why the design refuses such requests "
+        "during this fault (e.g. strong writes without a controller majority): they are "
+        "reported apart and not counted against failed_requests; RTO and failback still "
+        "count them")
     rto_seconds: float | None = Field(
         10.0, gt=0, description="fault start -> no errors and p95 latency back to baseline")
     failback_seconds: float | None = Field(

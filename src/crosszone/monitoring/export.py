@@ -52,7 +52,10 @@ def scrape_config(topology: Topology, settings: MonitoringSettings,
                                              "monitor": []}
     for zone in topology.zone_names():
         targets = {
-            "worker": [f"{n.host}:{n.port}" for n in placement.workers(zone)],
+            # Every slot the zone's auto-scaling group may run: a slot not running shows as
+            # ``up == 0`` in Prometheus, which no rule alerts on (the monitors judge the workers
+            # against the groups' desired capacity, see crosszone.monitoring.slots).
+            "worker": [f"{n.host}:{n.port}" for n in placement.max_workers(zone)],
             "gateway": [f"{placement.gateway(zone).host}:{placement.gateway(zone).port}"],
             "store": [f"{placement.store(zone).host}:{placement.store(zone).port}"],
         }
@@ -83,9 +86,13 @@ def scrape_config(topology: Topology, settings: MonitoringSettings,
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Zone up (1) / unhealthy (0)", "none",
      [("max by (zone) (crosszone_zone_up)", "{{zone}}")]),
-    ("Traffic split", "percentunit", [("max by (zone) (crosszone_traffic_weight)", "{{zone}}")]),
+    ("Traffic split", "percentunit",
+     [("max by (zone) (crosszone_traffic_weight)", "{{zone}}"),
+      ("max by (zone) (crosszone_lb_zone_weight)", "{{zone}} weight at the LB")]),
     ("Requests/s per zone", "reqps",
      [("max by (zone) (crosszone_zone_requests_per_second)", "{{zone}}"),
+      ('sum by (zone) (rate(crosszone_lb_zone_requests_total{path=~"/v1/.*"}[1m]))',
+       "{{zone}} (load balancer)"),
       ("sum by (zone) (rate(crosszone_worker_requests_total[1m]))", "{{zone}} (workers)")]),
     ("Error ratio per zone", "percentunit",
      [("max by (zone) (crosszone_zone_error_ratio)", "{{zone}}"),
@@ -118,6 +125,11 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Workers: in flight and queued", "none",
      [("sum by (zone) (crosszone_worker_in_flight_requests)", "{{zone}} in flight"),
       ("sum by (zone) (crosszone_worker_queue_length)", "{{zone}} queued")]),
+    ("Workers: p95 inter-token gap and queue time", "s",
+     [("histogram_quantile(0.95, sum by (le, zone) "
+       "(rate(crosszone_worker_inter_token_seconds_bucket[1m])))", "{{zone}} inter-token"),
+      ("histogram_quantile(0.95, sum by (le, zone) "
+       "(rate(crosszone_worker_queue_time_seconds_bucket[1m])))", "{{zone}} queue time")]),
     ("Chaos experiments active", "none",
      [("max(crosszone_chaos_experiments_active)", "active")]),
     ("Healthy zones", "none", [("max(crosszone_healthy_zones)", "healthy zones")]),

@@ -1,6 +1,8 @@
 """One monitor's look at the whole deployment: every node's health, the gateways' and the load
 balancer's metrics, the stores' replication lag and in-doubt transactions, the controllers'
-leader, term and zone view, and the run directory's chaos experiments.
+leader, term, zone view and worker groups, and the run directory's chaos experiments.
+
+Every worker slot a group may use is probed; which of them count is :mod:`.slots`' business.
 
 Every request of a look goes out at once, each bounded by ``scrape_timeout_seconds``, so one
 look takes one timeout at most however many nodes are down.
@@ -9,6 +11,7 @@ look takes one timeout at most however many nodes are down.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from pathlib import Path
@@ -18,6 +21,7 @@ from crosszone.config import Node, Placement, Topology
 from crosszone.errors import ChaosError
 from crosszone.monitoring.scrape import Deltas, Fetched, Scraper, buckets, parse_samples, quantile
 from crosszone.monitoring.settings import MonitoringSettings
+from crosszone.monitoring.slots import WorkerSlots
 from crosszone.monitoring.view import (
     Lag,
     NodeState,
@@ -32,6 +36,7 @@ from crosszone.monitoring.view import (
 GATEWAY_REQUESTS = "crosszone_gateway_requests_total"
 GATEWAY_DURATION = "crosszone_gateway_request_duration_seconds"
 LB_REQUESTS = "crosszone_lb_requests_total"
+log = logging.getLogger("crosszone.monitor")
 
 
 def _is_api(labels: Any) -> bool:
@@ -79,8 +84,9 @@ class Observer:
         self.settings = settings
         self.scraper = scraper
         placement = Placement(topology)
+        self.slots = WorkerSlots(topology)
         self.zone_nodes: dict[str, list[Node]] = {
-            z: [placement.gateway(z), *placement.workers(z), placement.store(z)]
+            z: [placement.gateway(z), *self.slots.slots[z], placement.store(z)]
             for z in topology.zone_names()}
         self.lb_url = lb_base_url(topology)
         self.controllers = controller_urls(topology)
@@ -102,7 +108,8 @@ class Observer:
                 if node.component == "store":
                     urls += [f"{node.url}/replication/lag", f"{node.url}/tx/prepared"]
         for url in self.controllers.values():
-            urls += [f"{url}/control/status", f"{url}/control/events?limit=200"]
+            urls += [f"{url}/control/status", f"{url}/control/events?limit=200",
+                     f"{url}/control/scaling"]
         return urls
 
     async def observe(self) -> Snapshot:
@@ -124,14 +131,24 @@ class Observer:
         snap.leader, snap.term, leader_view = leader_of(statuses)
         self.controller_events = [got[f"{url}/control/events?limit=200"].json()
                                   for url in self.controllers.values()]
+        for change in self.slots.update(got[f"{url}/control/scaling"].json()
+                                        for url in self.controllers.values()):
+            log.info("worker groups: %s", change)
         for zone, nodes in self.zone_nodes.items():
             state = ZoneState(zone, weight=shares.get(zone, 0.0))
             lb_zone = (lb_status or {}).get("zones", {}).get(zone) \
                 if isinstance(lb_status, dict) else None
             state.lb_available = bool(lb_zone.get("available")) \
                 if isinstance(lb_zone, dict) else None
+            state.workers_desired = self.slots.desired(zone)
             for node in nodes:
                 health = got[f"{node.url}/health"]
+                if node.component == "worker":
+                    slot = self.slots.classify(node, health.ok)
+                    if slot == "starting":
+                        state.workers_starting.append(node.name)
+                    if slot in ("starting", "absent"):
+                        continue
                 state.nodes.append(NodeState(node.name, zone, node.component, node.url,
                                              health.ok, health.describe()))
                 if node.component == "gateway":

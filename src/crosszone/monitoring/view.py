@@ -39,6 +39,8 @@ class ZoneState:
     requests: float = 0.0  # in the last interval
     errors: float = 0.0
     controller_status: str | None = None
+    workers_desired: int | None = None  # the group's desired capacity as the controllers say
+    workers_starting: list[str] = field(default_factory=list)  # joined, not answered yet
 
     @property
     def up(self) -> bool:

@@ -21,9 +21,13 @@ class HttpPeer(ReplicationTransport, TxParticipant):
     """The store service of ``zone`` at ``base_url`` (``http://127.0.N.6:7000``)."""
 
     def __init__(self, zone: str, base_url: str, *, timeout: float = 5.0,
-                 session: aiohttp.ClientSession | None = None) -> None:
+                 session: aiohttp.ClientSession | None = None,
+                 source_host: str | None = None) -> None:
         self.zone = zone
         self.base_url = base_url.rstrip("/")
+        # bind outgoing connections to our own zone address, so a network fault on our zone's
+        # subnet cuts replication and 2PC as it would between real zones
+        self.source_host = source_host
         self.timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 1.0))
         self._session = session
         self._own_session = session is None
@@ -33,8 +37,10 @@ class HttpPeer(ReplicationTransport, TxParticipant):
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            local = (self.source_host, 0) if self.source_host else None
             self._session = aiohttp.ClientSession(
-                timeout=self.timeout, json_serialize=lambda o: orjson.dumps(o).decode())
+                connector=aiohttp.TCPConnector(local_addr=local), timeout=self.timeout,
+                json_serialize=lambda o: orjson.dumps(o).decode())
             self._own_session = True
         return self._session
 

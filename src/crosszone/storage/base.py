@@ -74,7 +74,9 @@ class ZoneStore(OutboxStore):
             return (self._counter(tx, FENCE_TOKEN), self._counter(tx, LEASE), self._max_hlc(tx))
 
         self._max_token, lease, max_hlc = await self._transact(load)
+        self._durable_lease = lease
         self._lease = None if lease < 0 else lease
+        self._lease_until = None
         self.clock.observe(max_hlc)
         self.is_open = True
 
@@ -152,33 +154,68 @@ class ZoneStore(OutboxStore):
     # ---------------------------------------------------------------- fencing
     @property
     def lease(self) -> int | None:
-        """Epoch of the lease this store holds (None: told it lost it; strong ops refused)."""
+        """Epoch of the lease this store holds (None: told it lost it, its time-limited grant
+        expired, or it awaits its first grant; strong reads and coordinating refused)."""
+        if self._lease is not None and self._lease_until is not None \
+                and time.monotonic() > self._lease_until:
+            return None
         return self._lease
+
+    @property
+    def lease_remaining(self) -> float | None:
+        """Seconds left of a time-limited lease (None: not time-limited, or not held)."""
+        if self._lease_until is None or self.lease is None:
+            return None
+        return max(0.0, self._lease_until - time.monotonic())
+
+    def await_grant(self) -> None:
+        """Hold no lease until a control plane grants one (``set_lease``), whatever the
+        durable state says: a store run under a control plane calls this after ``open``, so a
+        restarted zone serves no strong read before it has caught up and been re-admitted."""
+        self._lease, self._lease_until = None, None
 
     @property
     def max_token(self) -> int:
         """The newest fencing token (control-plane epoch) this store has seen."""
         return self._max_token
 
-    async def set_lease(self, epoch: int, *, held: bool = True) -> None:
+    async def set_lease(self, epoch: int, *, held: bool = True,
+                        ttl: float | None = None) -> None:
         """Record, durably, that the control plane of term ``epoch`` granted (``held``) or
         revoked this store's lease. Fenced when ``epoch`` is older than a token already seen:
-        a deposed controller can neither grant nor revoke."""
-        def work(tx: Any) -> None:
-            self._raise_token(tx, epoch)
-            self._set_counter(tx, LEASE, epoch if held else -1)
+        a deposed controller can neither grant nor revoke.
 
-        await self._transact(work)
+        ``ttl``: the grant lapses ``ttl`` seconds after this call unless renewed (the
+        controller's leader renews it every few hundred milliseconds and counts from its own
+        acknowledgement, so it knows when an unreachable store has surely stopped serving
+        strong reads). A renewal of the lease already held does not touch the database.
+        """
+        value = epoch if held else -1
+        if not (value == self._durable_lease and epoch <= self._max_token):
+            def work(tx: Any) -> None:
+                self._raise_token(tx, epoch)
+                self._set_counter(tx, LEASE, value)
+
+            await self._transact(work)
+            self._durable_lease = value
+        elif epoch < self._max_token:
+            raise Fenced(f"stale fencing token {epoch} (zone {self.zone} has seen "
+                         f"{self._max_token})")
         self._lease = epoch if held else None
+        self._lease_until = time.monotonic() + ttl if held and ttl is not None else None
         self._max_token = max(self._max_token, epoch)
 
     def check_lease(self) -> None:
-        if self._lease is None:
-            raise Fenced(f"zone {self.zone} lost its lease: strong operations refused")
+        if self.lease is None:
+            raise Fenced(f"zone {self.zone} holds no lease (lost, expired or not yet granted): "
+                         "strong operations refused")
 
     async def check_token(self, token: int) -> None:
-        """Fenced if ``token`` is older than one seen; remember a newer one durably."""
-        self.check_lease()
+        """Fenced if ``token`` is older than one seen; remember a newer one durably.
+
+        Participating in a transaction (prepare, commit) needs a current token but no lease:
+        a zone re-admitted to the membership takes part in strong writes while it catches up,
+        before it is granted the lease that lets it serve strong reads and coordinate."""
         if token < self._max_token:
             raise Fenced(f"stale fencing token {token} (zone {self.zone} has seen "
                          f"{self._max_token})")

@@ -28,6 +28,31 @@ READ_TIMEOUT = 5.0
 WRITE_TIMEOUT = 12.0  # a strong write: prepare timeout + phase two retries
 
 
+def _lag(x: Any) -> Lag:
+    return Lag(str(x["origin"]), str(x["destination"]), float(x["seconds"]), int(x["records"]))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """What a store says of its place in the control plane (``GET /membership``): the lease
+    it holds (None: none), seconds left of it, the zones it runs strong writes over, and its
+    replication lag towards every other zone."""
+
+    zone: str
+    lease: int | None
+    lease_remaining: float | None
+    zones: tuple[str, ...]
+    lag: tuple[Lag, ...]
+    max_token: int = 0
+
+    @classmethod
+    def from_json(cls, data: Any) -> StoreStatus:
+        lease, left = data.get("lease"), data.get("lease_remaining")
+        return cls(str(data["zone"]), None if lease is None else int(lease),
+                   None if left is None else float(left), tuple(str(z) for z in data["zones"]),
+                   tuple(_lag(x) for x in data.get("lag", [])), int(data.get("max_token", 0)))
+
+
 @dataclass(frozen=True, slots=True)
 class Written:
     """What a write answered: the new versions and, for a strong write, the zones that took
@@ -86,11 +111,13 @@ class StoreClient:
                                     f"zone {self.zone} store: {error.get('message', status)}")
 
     # ------------------------------------------------------------------ reads
-    async def get(self, collection: str, key: str, *, strong: bool = False) -> Record | None:
+    async def get(self, collection: str, key: str, *, strong: bool = False,
+                  timeout: float = READ_TIMEOUT) -> Record | None:
         """The live record (None when absent or deleted). ``strong``: refused by a fenced zone,
         and waits while an in-doubt transaction holds the key."""
         answer = await self.call("GET", f"/kv/{quote(collection)}/{quote(key, safe='')}"
-                                 f"?consistency={_consistency(strong)}", missing_ok=True)
+                                 f"?consistency={_consistency(strong)}", missing_ok=True,
+                                 timeout=timeout)
         if answer is None:
             return None
         record = Record.from_json(answer)
@@ -140,16 +167,32 @@ class StoreClient:
     async def lag(self) -> list[Lag]:
         """Replication lag from this zone to every other zone."""
         answer = await self.call("GET", "/replication/lag")
-        return [Lag(str(x["origin"]), str(x["destination"]), float(x["seconds"]),
-                    int(x["records"])) for x in answer["lag"]]
+        return [_lag(x) for x in answer["lag"]]
 
-    async def set_membership(self, zones: Iterable[str], epoch: int | None = None) -> list[str]:
+    async def set_membership(self, zones: Iterable[str], epoch: int | None = None, *,
+                             timeout: float = READ_TIMEOUT) -> StoreStatus:
         """Tell this store which zones are in service (what the control plane does)."""
         body: dict[str, Any] = {"zones": list(zones)}
         if epoch is not None:
             body["epoch"] = epoch
-        answer = await self.call("POST", "/membership", body)
-        return [str(z) for z in answer["zones"]]
+        return StoreStatus.from_json(await self.call("POST", "/membership", body,
+                                                     timeout=timeout))
+
+    async def status(self, *, timeout: float = READ_TIMEOUT) -> StoreStatus:
+        return StoreStatus.from_json(await self.call("GET", "/membership", timeout=timeout))
+
+    async def grant_lease(self, epoch: int, ttl: float | None, *,
+                          timeout: float = READ_TIMEOUT) -> StoreStatus:
+        """Grant (or renew) this store's lease for ``ttl`` seconds; Fenced for a stale epoch."""
+        body: dict[str, Any] = {"epoch": epoch, "held": True}
+        if ttl is not None:
+            body["ttl"] = ttl
+        return StoreStatus.from_json(await self.call("POST", "/lease", body, timeout=timeout))
+
+    async def revoke_lease(self, epoch: int, *, timeout: float = READ_TIMEOUT) -> StoreStatus:
+        return StoreStatus.from_json(await self.call("POST", "/lease",
+                                                     {"epoch": epoch, "held": False},
+                                                     timeout=timeout))
 
     async def health(self) -> dict[str, Any]:
         answer = await self.call("GET", "/health", timeout=2.0)

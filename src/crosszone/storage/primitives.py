@@ -45,6 +45,8 @@ class StorePrimitives(ABC):
         self._listeners: list[Callable[[], None]] = []
         self._max_token = 0
         self._lease: int | None = 0
+        self._lease_until: float | None = None  # monotonic; a time-limited grant lapses then
+        self._durable_lease = 0  # what the database says (-1: revoked)
         self.is_open = False
 
     def __repr__(self) -> str:

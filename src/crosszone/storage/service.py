@@ -8,7 +8,8 @@ Endpoints (JSON in and out; errors as OpenAI-style error bodies whose ``code`` n
 StoreError subclass):
 
 =================================  ==========================================================
-``GET /health``                    store reachable, lease, backend
+``GET /health``                    store reachable, lease, backend (503 while a store run
+                                   under a control plane holds no lease: not in service)
 ``GET /kv/{collection}/{key}``     one record (``consistency=async|strong``)
 ``PUT /kv/{collection}/{key}``     ``{"value": ...}``; ``consistency=strong`` runs 2PC
 ``DELETE /kv/{collection}/{key}``  tombstone; same consistency choice
@@ -19,7 +20,11 @@ StoreError subclass):
 ``GET /replication/lag``           lag per (this zone, destination); ``?samples=1`` adds recent
                                    commit-to-ack delays
 ``POST /tx/prepare|commit|rollback|decision``, ``GET /tx/prepared``: 2PC participant
-``POST /lease``                    ``{"epoch": N, "held": true|false}``: grant / revoke
+``POST /lease``                    ``{"epoch": N, "held": true|false, "ttl": s}``: grant
+                                   (lapsing after ``ttl`` unless renewed) / revoke; answers
+                                   the membership status below
+``GET /membership``                lease, seconds left of it, zones in service, lag per
+                                   destination (what the controller's leader observes)
 ``POST /membership``               ``{"zones": [...], "epoch": N}``: zones in service (2PC)
 ``GET /metrics``                   Prometheus: replication lag per zone pair, prepared (in-doubt)
                                    transactions, outbox bounds
@@ -105,13 +110,18 @@ def create_store_app(topology: Topology, node: Node, store: ZoneStore, *,
                      membership: Callable[[], Iterable[str]] | None = None,
                      resolve_every: float = 1.0, failpoint: Failpoint | None = None,
                      prepare_timeout: float = 2.0, keep_max: int = 200_000,
-                     trim_every: float = 5.0) -> web.Application:
+                     trim_every: float = 5.0, await_lease: bool = False) -> web.Application:
     """The store service of ``node.zone``. ``peers`` overrides other zones' URLs (default
-    :func:`store_url`). The store is opened on startup and closed on cleanup."""
+    :func:`store_url`). The store is opened on startup and closed on cleanup.
+
+    ``await_lease``: the store runs under a control plane (the stack's controllers): it holds
+    no lease after a start, whatever it held before, until the leader grants one -- after the
+    zone has caught up -- and renews it (:mod:`crosszone.control.stores`)."""
     zone = node.zone or store.zone
     urls = dict(peers or {z: store_url(topology, z) for z in topology.zone_names()})
     urls.pop(zone, None)
-    remote = {z: HttpPeer(z, url) for z, url in urls.items()}
+    source = node.host if peers is None else None  # test peers may live elsewhere
+    remote = {z: HttpPeer(z, url, source_host=source) for z, url in urls.items()}
     participants: dict[str, TxParticipant] = {zone: LocalPeer(store), **remote}
     in_service: list[str] = list(topology.zone_names())
     coordinator = CrossZoneTransaction(store, participants,
@@ -136,6 +146,8 @@ def create_store_app(topology: Topology, node: Node, store: ZoneStore, *,
     async def startup(app: web.Application) -> None:
         if not store.is_open:
             await store.open()
+        if await_lease:
+            store.await_grant()
         replicator.start()
         tasks.append(asyncio.create_task(resolver(), name="2pc-resolver"))
 
@@ -242,21 +254,38 @@ def create_store_app(topology: Topology, node: Node, store: ZoneStore, *,
             floor, head = await store.outbox_bounds()
         except StoreError as exc:
             raise StoreUnavailable(f"zone {zone} store not answering: {exc}") from exc
-        return _json({"status": "ok", "zone": zone, "backend": store.backend,
-                      "lease": store.lease, "outbox": {"floor": floor, "head": head}})
+        serving = store.lease is not None or not await_lease
+        return _json({"status": "ok" if serving else "no lease: not in service", "zone": zone,
+                      "backend": store.backend, "lease": store.lease,
+                      "outbox": {"floor": floor, "head": head}}, 200 if serving else 503)
+
+    async def status() -> web.Response:
+        lags = await replicator.lag()
+        return _json({"zone": zone, "lease": store.lease, "max_token": store.max_token,
+                      "lease_remaining": store.lease_remaining, "zones": in_service,
+                      "lag": [x.to_json() for x in lags]})
 
     async def lease(request: web.Request) -> web.Response:
         body = await _body(request)
-        await store.set_lease(int(body["epoch"]), held=bool(body.get("held", True)))
-        return _json({"zone": zone, "lease": store.lease})
+        ttl = body.get("ttl")
+        await store.set_lease(int(body["epoch"]), held=bool(body.get("held", True)),
+                              ttl=None if ttl is None else float(ttl))
+        return await status()
+
+    async def get_membership(request: web.Request) -> web.Response:
+        return await status()
 
     async def set_membership(request: web.Request) -> web.Response:
         body = await _body(request)
         if int(body.get("epoch", store.max_token)) < store.max_token:
             raise Fenced(f"membership from a stale controller (epoch {body['epoch']} < "
                          f"{store.max_token})")
-        in_service[:] = [str(z) for z in body["zones"]]
-        return _json({"zones": in_service})
+        zones = [str(z) for z in body["zones"]]
+        if zones != in_service:
+            log.info("zone %s: zones in service for strong writes: %s -> %s", zone,
+                     ",".join(in_service), ",".join(zones))
+        in_service[:] = zones
+        return await status()
 
     # ------------------------------------------------------------ metrics
     registry = CollectorRegistry(auto_describe=True)
@@ -304,5 +333,6 @@ def create_store_app(topology: Topology, node: Node, store: ZoneStore, *,
     app.router.add_get("/tx/prepared", prepared)
     app.router.add_post("/tx/decision", decision)
     app.router.add_post("/lease", lease)
+    app.router.add_get("/membership", get_membership)
     app.router.add_post("/membership", set_membership)
     return app

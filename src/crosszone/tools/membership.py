@@ -1,20 +1,20 @@
-"""Standing in for the control plane towards the zone stores: which zones are in service.
+"""Watching the control plane keep the zone stores' 2PC membership (for tools, drills, tests).
 
-Strong writes (API keys, ``sync`` conversations) run two-phase commit over the zones in service,
-so after a zone dies someone must take it out of service on the survivors, and put it back once
-it has caught up (``rejoin_ready``). That is the control plane's job; until it pushes store
-membership itself, drills (``crosszone.tools.rpo``) and tests use these helpers.
+The acting controller takes a dead zone out of the stores' membership once its lease has surely
+lapsed, and puts it back (then grants its lease) once it has caught up
+(:mod:`crosszone.control.stores`). These helpers ask the stores what they were told and wait
+for it, so a tool can measure how long it took -- they never set the membership themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from crosszone.config.topology import Topology
 from crosszone.errors import StoreError, StoreUnavailable
-from crosszone.storage.client import ZoneStores
+from crosszone.storage.client import StoreStatus, ZoneStores
 from crosszone.storage.records import Lag
 
 
@@ -22,17 +22,66 @@ def zone_stores(topology: Topology) -> ZoneStores:
     return ZoneStores(topology, topology.zone_names()[0])
 
 
-async def set_in_service(topology: Topology, zones: Iterable[str]) -> list[str]:
-    """Tell the stores of ``zones`` that exactly ``zones`` are in service; the zones that did
-    not answer."""
-    wanted = list(zones)
+async def statuses(topology: Topology, among: Iterable[str] | None = None,
+                   timeout: float = 1.0) -> dict[str, StoreStatus | None]:
+    """What each store of ``among`` (default: all zones) says; None where none answers."""
+    names = list(among) if among is not None else topology.zone_names()
     stores = zone_stores(topology)
+
+    async def one(zone: str) -> StoreStatus | None:
+        try:
+            return await stores.zone(zone).status(timeout=timeout)
+        except StoreError:
+            return None
+
     try:
-        answers = await asyncio.gather(*(stores.zone(z).set_membership(wanted) for z in wanted),
-                                       return_exceptions=True)
+        found = await asyncio.gather(*(one(z) for z in names))
     finally:
         await stores.close()
-    return [z for z, a in zip(wanted, answers, strict=True) if isinstance(a, BaseException)]
+    return dict(zip(names, found, strict=True))
+
+
+Check = Callable[[dict[str, StoreStatus | None]], tuple[bool, str]]
+
+
+async def _wait(topology: Topology, timeout: float, what: str, done: Check) -> float:
+    started = time.monotonic()
+    last = "no answer yet"
+    while True:
+        seen = await statuses(topology)
+        ok, last = done(seen)
+        if ok:
+            return time.monotonic() - started
+        if time.monotonic() - started >= timeout:
+            raise StoreUnavailable(f"{what} not reached after {timeout:g}s ({last})")
+        await asyncio.sleep(0.05)
+
+
+def _describe(seen: dict[str, StoreStatus | None]) -> str:
+    return "; ".join(f"{z}: no answer" if s is None else
+                     f"{z}: lease {s.lease}, members {','.join(s.zones)}"
+                     for z, s in seen.items())
+
+
+async def wait_out_of_service(topology: Topology, zone: str, timeout: float = 30.0) -> float:
+    """Until every other answering store runs strong writes without ``zone``; seconds taken."""
+    def done(seen: dict[str, StoreStatus | None]) -> tuple[bool, str]:
+        others = [s for z, s in seen.items() if z != zone and s is not None]
+        return bool(others) and all(zone not in s.zones for s in others), _describe(seen)
+
+    return await _wait(topology, timeout, f"{zone} out of the 2PC membership", done)
+
+
+async def wait_in_service(topology: Topology, timeout: float = 60.0) -> float:
+    """Until every zone's store is a member everywhere and holds a lease; seconds taken."""
+    zones = set(topology.zone_names())
+
+    def done(seen: dict[str, StoreStatus | None]) -> tuple[bool, str]:
+        ok = all(s is not None and set(s.zones) == zones and s.lease is not None
+                 for s in seen.values())
+        return ok, _describe(seen)
+
+    return await _wait(topology, timeout, "every zone in service with a lease", done)
 
 
 async def lags(topology: Topology, among: Iterable[str] | None = None) -> list[Lag]:
@@ -65,14 +114,3 @@ async def wait_caught_up(topology: Topology, timeout: float = 30.0,
             last = ", ".join(f"{x.origin}->{x.destination}: {x.records}" for x in pending)
         await asyncio.sleep(0.1)
     raise StoreUnavailable(f"replication not caught up after {timeout:g}s ({last})")
-
-
-async def take_out_of_service(topology: Topology, zone: str) -> list[str]:
-    """The survivors stop waiting for ``zone`` in two-phase commits."""
-    return await set_in_service(topology, [z for z in topology.zone_names() if z != zone])
-
-
-async def restore_service(topology: Topology, timeout: float = 30.0) -> list[str]:
-    """Once every zone has caught up, every zone is in service again."""
-    await wait_caught_up(topology, timeout)
-    return await set_in_service(topology, topology.zone_names())

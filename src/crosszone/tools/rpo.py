@@ -36,7 +36,7 @@ from pathlib import Path
 from crosszone.errors import CrosszoneError
 from crosszone.runtime import LocalStack
 from crosszone.storage.client import ZoneStores
-from crosszone.tools.membership import restore_service, take_out_of_service, wait_caught_up
+from crosszone.tools.membership import wait_caught_up, wait_in_service, wait_out_of_service
 from crosszone.tools.rpo_load import Acked, AckLog, RpoLoad
 
 COLLECTIONS = ("api_keys", "responses", "usage")
@@ -146,7 +146,7 @@ async def run_drill(stack: LocalStack, options: DrillOptions) -> DrillReport:
         sampled = time.monotonic()
         await asyncio.to_thread(stack.hold, zone=victim, signal="KILL")
         killed = time.monotonic()
-        await take_out_of_service(topology, victim)
+        await wait_out_of_service(topology, victim, 30.0)  # the controller's leader does it
         out_ms = (time.monotonic() - killed) * 1000
         await asyncio.sleep(options.down)
     finally:
@@ -157,7 +157,7 @@ async def run_drill(stack: LocalStack, options: DrillOptions) -> DrillReport:
         before = await holdings(stores, survivors)
         await asyncio.to_thread(stack.release, zone=victim)
         await asyncio.to_thread(stack.wait_healthy, 60.0)
-        await restore_service(topology, 60.0)
+        await wait_in_service(topology, 60.0)
         after = await holdings(stores, zones)
     finally:
         await stores.close()

@@ -14,9 +14,12 @@ of HTTP. Guarantees an engine gives:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
+
+# Called once per request with the seconds it waited before its first scheduled step.
+QueueTimeObserver = Callable[[float], None]
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,13 @@ class InferenceEngine(ABC):
     def stats(self) -> dict[str, float]:
         """Gauges for /metrics: running sequences, queued requests, and the like."""
         return {}
+
+    def set_queue_time_observer(self, observer: QueueTimeObserver | None) -> None:  # noqa: B027
+        """Report each request's queue time to ``observer`` (from the event loop's thread).
+
+        Only an engine with a queue of its own can: the default does nothing (an upstream
+        server's queue is measured by that server's own metrics).
+        """
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections and start background tasks; called once before serving."""

@@ -13,7 +13,12 @@ import random
 from collections.abc import AsyncIterator
 
 from crosszone.config.topology import FailureInjection
-from crosszone.dataplane.engines.base import Delta, GenerationRequest, InferenceEngine
+from crosszone.dataplane.engines.base import (
+    Delta,
+    GenerationRequest,
+    InferenceEngine,
+    QueueTimeObserver,
+)
 from crosszone.errors import EngineError
 
 
@@ -35,6 +40,9 @@ class FaultInjector(InferenceEngine):
 
     def stats(self) -> dict[str, float]:
         return self.inner.stats()
+
+    def set_queue_time_observer(self, observer: QueueTimeObserver | None) -> None:
+        self.inner.set_queue_time_observer(observer)
 
     async def start(self) -> None:
         await self.inner.start()

@@ -6,6 +6,9 @@ newly admitted sequence first pays its prefill time. The scheduler only counts t
 token carries is the engine's business (see :mod:`crosszone.dataplane.engines.simulator`). One
 timer for all sequences, rather than one sleep per token per request, keeps a thousand concurrent
 streams cheap: a step is a loop of integer increments and future wake-ups.
+
+A sequence's queue time runs from ``submit`` to the step that admits it into the batch; with
+``on_admit`` set, the scheduler reports it there, once per sequence.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 
 from crosszone.errors import EngineError
 
@@ -20,12 +24,14 @@ from crosszone.errors import EngineError
 class Sequence:
     """One request's place in the batch: how many tokens it wants and how many are done."""
 
-    __slots__ = ("finished", "length", "prefill_seconds", "produced", "ready_at", "waiter")
+    __slots__ = ("finished", "length", "prefill_seconds", "produced", "queued_at", "ready_at",
+                 "waiter")
 
     def __init__(self, length: int, prefill_seconds: float) -> None:
         self.length = length
         self.prefill_seconds = prefill_seconds
         self.produced = 0
+        self.queued_at = 0.0
         self.ready_at = 0.0
         self.finished = False
         self.waiter: asyncio.Future[None] | None = None
@@ -54,6 +60,8 @@ class BatchScheduler:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.tokens_generated = 0
+        # Called with a sequence's queue time (seconds) when a step admits it.
+        self.on_admit: Callable[[float], None] | None = None
 
     def __repr__(self) -> str:
         return (f"<BatchScheduler running={len(self._running)} queued={len(self._queue)} "
@@ -90,8 +98,9 @@ class BatchScheduler:
         if len(self._running) >= self.max_num_seqs and len(self._queue) >= self.max_queue:
             raise EngineError(f"server busy: {len(self._queue)} requests already queued",
                               status=429, code="queue_full")
-        self._queue.append(seq)
         self.start()
+        seq.queued_at = asyncio.get_running_loop().time()
+        self._queue.append(seq)
         self._wakeup.set()
 
     def release(self, seq: Sequence) -> None:
@@ -114,10 +123,13 @@ class BatchScheduler:
     def step(self, now: float) -> int:
         """One decode step: admit waiting sequences into free slots, then advance every running
         sequence whose prefill is done by one token. Returns the tokens produced."""
+        on_admit = self.on_admit
         while self._queue and len(self._running) < self.max_num_seqs:
             seq = self._queue.popleft()
             seq.ready_at = now + seq.prefill_seconds
             self._running[seq] = None
+            if on_admit is not None:
+                on_admit(max(0.0, now - seq.queued_at))
         produced = 0
         done: list[Sequence] = []
         for seq in self._running:

@@ -44,6 +44,7 @@ from crosszone.dataplane.engines.base import (
     Delta,
     GenerationRequest,
     InferenceEngine,
+    QueueTimeObserver,
     Usage,
 )
 from crosszone.dataplane.engines.scheduler import BatchScheduler, Sequence
@@ -118,6 +119,9 @@ class SimulatorEngine(InferenceEngine):
     def stats(self) -> dict[str, float]:
         s = self._scheduler
         return {"running": s.running, "queued": s.queued, "tokens_generated": s.tokens_generated}
+
+    def set_queue_time_observer(self, observer: QueueTimeObserver | None) -> None:
+        self._scheduler.on_admit = observer
 
     def _split_appended(self, model: str, seed: str, text: str) -> tuple[str, int]:
         """Find ``text == P + (first k tokens of P's own sequence)``, longest k first.

@@ -26,7 +26,7 @@ from aiohttp import web
 from crosszone.dataplane.gateway.keys import KEYS, ApiKey, KeyCache, key_hash, new_secret
 from crosszone.dataplane.gateway.usage import USAGE, UsageRecord, aggregate
 from crosszone.errors import ApiNotFound, InvalidApiRequest
-from crosszone.storage.client import StoreClient
+from crosszone.storage.failover import AnyStore
 
 INVALIDATE_PATH = "/internal/keys/invalidate"
 PEER_TIMEOUT = 1.0
@@ -55,7 +55,7 @@ async def json_body(request: web.Request, *, optional: bool = False) -> dict[str
 class KeyRegistry:
     """Issues, lists and revokes API keys in the zone stores (strong writes)."""
 
-    def __init__(self, store: StoreClient, cache: KeyCache, *, peers: Sequence[str],
+    def __init__(self, store: AnyStore, cache: KeyCache, *, peers: Sequence[str],
                  admin_token: str | None, session: Any) -> None:
         self.store = store
         self.cache = cache
@@ -115,7 +115,7 @@ class KeyRegistry:
 class AdminApi:
     """The handlers; the caller checks the admin token first."""
 
-    def __init__(self, zone: str, registry: KeyRegistry, store: StoreClient) -> None:
+    def __init__(self, zone: str, registry: KeyRegistry, store: AnyStore) -> None:
         self.zone = zone
         self.registry = registry
         self.store = store

@@ -1,7 +1,9 @@
 """The zone API gateway as an aiohttp application.
 
 Its pool holds every worker of the topology: the gateway's own zone in the first tier, the other
-zones in the second, so requests cross zones only while no worker of its own zone is available.
+zones in the second, so requests cross zones only while no worker of its own zone is available;
+the controller's weights (``PUT /gateway/weights``, :mod:`.routing`) say which other zones take
+that fallback. Like the load balancer, it reports its passive signals to the controllers.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from aiohttp import web
 from crosszone.config.placement import Node, Placement
 from crosszone.config.topology import Topology
 from crosszone.dataplane.gateway.product import GatewayProduct
+from crosszone.dataplane.gateway.routing import FallbackWeights
 from crosszone.dataplane.openai_errors import error_middleware, error_response
 from crosszone.dataplane.proxy.hop import ProxyHop
-from crosszone.dataplane.proxy.pool import Endpoint, LeastOutstanding, UpstreamPool
+from crosszone.dataplane.proxy.pool import Endpoint, UpstreamPool, WeightedLeastOutstanding
 
 GATEWAY_HOP = web.AppKey("crosszone_gateway_hop", ProxyHop)
 
@@ -28,14 +31,15 @@ _FORM_TYPES = ("multipart/", "application/x-www-form-urlencoded")
 
 def gateway_pool(topology: Topology, zone: str) -> UpstreamPool:
     """Every worker slot up to each group's max_size, own zone first (tier 0), the other zones
-    as fallback (tier 1). Slots beyond desired_capacity start unavailable: an auto-scaling
-    group starts them later, and they take requests only once a health check has passed."""
+    as fallback (tier 1), split by weight (:class:`~.routing.FallbackWeights`). Slots beyond
+    desired_capacity start unavailable: an auto-scaling group starts them later, and they take
+    requests only once a health check has passed."""
     placement = Placement(topology)
     endpoints = [Endpoint(worker.name, name, worker.url, priority=0 if name == zone else 1,
                           healthy=None if worker.index <= topology.worker_group_of(name)
                           .desired_capacity else False)
                  for name in topology.zone_names() for worker in placement.max_workers(name)]
-    return UpstreamPool(endpoints, LeastOutstanding(), fail_open=False)
+    return UpstreamPool(endpoints, WeightedLeastOutstanding(), fail_open=False)
 
 
 def _served(ep: Endpoint | None, attempts: int) -> dict[str, str]:
@@ -71,6 +75,8 @@ def create_gateway_app(topology: Topology, node: Node) -> web.Application:
                    max_attempts=gw.max_attempts, health_check=gw.health_check,
                    metrics_prefix="crosszone_gateway", served_headers=_served,
                    label=f"gateway {zone}", source_host=node.host, migration=gw.migration)
+    hop.report_signals(topology)  # passive signals per zone to the controllers
+    weights = FallbackWeights(hop.pool, zone, topology)  # PUT /gateway/weights
     product = GatewayProduct(topology, node, hop)  # keys, conversations, usage (zone store)
     too_large = f"request body exceeds {max_body} bytes"
 
@@ -115,6 +121,7 @@ def create_gateway_app(topology: Topology, node: Node) -> web.Application:
     app[GATEWAY_HOP] = hop
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    weights.attach(app)
     product.attach(app)  # /v1/responses, /admin/*: before the catch-all relay route
     app.router.add_route("*", "/v1/{tail:.*}", relay)
     hop.attach(app)

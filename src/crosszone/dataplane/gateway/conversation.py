@@ -153,12 +153,51 @@ def _metadata(raw: Any) -> dict[str, str]:
     return {str(k): v for k, v in raw.items()}
 
 
-def chat_body(req: ResponsesRequest, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The chat completion request that answers ``req`` after the conversation ``history``."""
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    """A streamed response that a gateway elsewhere started and the load balancer continues
+    here: what its client already has (see ``proxy/responses_dialect.py``)."""
+
+    response_id: str | None = None
+    created_at: int | None = None
+    message_id: str | None = None
+    reasoning_id: str | None = None
+    content: str = ""
+    reasoning: str = ""
+    tokens: int = 0  # the text's tokens (x-crosszone-prefix-tokens)
+    reasoning_tokens: int = 0  # of which reasoning
+
+
+def parse_continuation(raw: Any, tokens: int) -> Continuation:
+    """The ``crosszone_continuation`` object of a hop's request (InvalidApiRequest if bad)."""
+    if not isinstance(raw, dict):
+        raise InvalidApiRequest("'crosszone_continuation' must be an object",
+                                param="crosszone_continuation", code="invalid_type")
+    ids = {k: raw.get(k) for k in ("response_id", "message_id", "reasoning_id")}
+    created, reasoning_tokens = raw.get("created_at"), raw.get("reasoning_tokens")
+    return Continuation(
+        **{k: v if isinstance(v, str) and v else None for k, v in ids.items()},
+        created_at=created if isinstance(created, int) else None,
+        content=_str(raw.get("content")), reasoning=_str(raw.get("reasoning")),
+        tokens=max(tokens, 0),
+        reasoning_tokens=reasoning_tokens if isinstance(reasoning_tokens, int) else 0)
+
+
+def chat_body(req: ResponsesRequest, history: list[dict[str, Any]],
+              continuation: Continuation | None = None) -> dict[str, Any]:
+    """The chat completion request that answers ``req`` after the conversation ``history``;
+    with a ``continuation``, one that goes on after the text its client already has (an
+    assistant prefix, as DeepSeek's prefix completion takes it)."""
     messages = ([{"role": "system", "content": req.instructions}] if req.instructions else [])
     body: dict[str, Any] = {"model": req.model, "messages": messages + history + req.input}
+    if continuation is not None and (continuation.content or continuation.reasoning):
+        prefix = {"role": "assistant", "content": continuation.content, "prefix": True}
+        if continuation.reasoning:
+            prefix["reasoning_content"] = continuation.reasoning
+        body["messages"].append(prefix)
     if req.max_output_tokens is not None:
-        body["max_tokens"] = req.max_output_tokens
+        done = continuation.tokens if continuation is not None else 0
+        body["max_tokens"] = max(req.max_output_tokens - done, 1)
     if req.temperature is not None:
         body["temperature"] = req.temperature
     if req.top_p is not None:
@@ -171,14 +210,24 @@ def chat_body(req: ResponsesRequest, history: list[dict[str, Any]]) -> dict[str,
 class ResponseBuilder:
     """Builds one response object from the answer's text as it arrives."""
 
-    def __init__(self, req: ResponsesRequest, *, response_id: str | None = None) -> None:
+    def __init__(self, req: ResponsesRequest, *, response_id: str | None = None,
+                 continuation: Continuation | None = None) -> None:
+        cont = continuation or Continuation()
         self.req = req
-        self.id = response_id or new_id("resp")
-        self.message_id = new_id("msg")
-        self.reasoning_id = new_id("rs")
-        self.created_at = int(time.time())
-        self.content: list[str] = []
-        self.reasoning: list[str] = []
+        self.id = cont.response_id or response_id or new_id("resp")
+        self.message_id = cont.message_id or new_id("msg")
+        self.reasoning_id = cont.reasoning_id or new_id("rs")
+        self.created_at = cont.created_at or int(time.time())
+        self.content: list[str] = [cont.content] if cont.content else []
+        self.reasoning: list[str] = [cont.reasoning] if cont.reasoning else []
+        # Tokens of that text, which the worker counts as prompt (it prefilled them again):
+        # the client was sent them as output, and pays for them once, as output.
+        self.resent = cont.tokens
+        self.resent_reasoning = cont.reasoning_tokens
+        self.tokens = cont.tokens  # text deltas of the answer so far
+        # A continuation asks its worker for at least one token; text past max_output_tokens
+        # is left out (and not billed), and the answer ends as cut by the cap.
+        self.dropped = self.dropped_reasoning = 0
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.model = req.model
@@ -195,13 +244,26 @@ class ResponseBuilder:
             if isinstance(delta, dict):
                 content = _str(delta.get("content"))
                 reasoning = _str(delta.get("reasoning_content") or delta.get("reasoning"))
-            if choice.get("finish_reason"):
+            if choice.get("finish_reason") and not self.dropped:
                 self.finish_reason = str(choice["finish_reason"])
+        reasoning, content = self._within_cap(reasoning, True), self._within_cap(content, False)
         if content:
             self.content.append(content)
         if reasoning:
             self.reasoning.append(reasoning)
         return content, reasoning
+
+    def _within_cap(self, text: str, reasoning: bool) -> str:
+        if not text:
+            return text
+        cap = self.req.max_output_tokens
+        if cap is not None and self.tokens >= cap:
+            self.dropped += 1
+            self.dropped_reasoning += 1 if reasoning else 0
+            self.finish_reason = "length"
+            return ""
+        self.tokens += 1
+        return text
 
     def add_completion(self, completion: dict[str, Any]) -> None:
         """Take a whole (non-streamed) chat completion."""
@@ -236,13 +298,16 @@ class ResponseBuilder:
         if self.usage is None:
             return None
         prompt = int(self.usage.get("prompt_tokens") or 0)
-        completion = int(self.usage.get("completion_tokens") or 0)
+        resent = min(self.resent, prompt)
+        prompt -= resent
+        completion = int(self.usage.get("completion_tokens") or 0) + resent - self.dropped
         details = self.usage.get("completion_tokens_details") or {}
+        reasoning = (int(details.get("reasoning_tokens") or 0) + self.resent_reasoning
+                     - self.dropped_reasoning)
         return {"input_tokens": prompt, "output_tokens": completion,
                 "total_tokens": prompt + completion,
                 "input_tokens_details": {"cached_tokens": 0},
-                "output_tokens_details": {"reasoning_tokens":
-                                          int(details.get("reasoning_tokens") or 0)}}
+                "output_tokens_details": {"reasoning_tokens": reasoning}}
 
     def response(self, status: str = "completed", *,
                  error: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -30,8 +31,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from crosszone.errors import NotAuthenticated
-from crosszone.storage.client import StoreClient
+from crosszone.errors import Fenced, NotAuthenticated
+from crosszone.storage.failover import AnyStore, FailoverStore
+
+log = logging.getLogger("crosszone.gateway.keys")
 
 KEYS = "api_keys"
 KEY_PREFIX = "sk-cz-k"
@@ -135,16 +138,22 @@ class KeyCache:
 class Authenticator:
     """Checks ``Authorization: Bearer <key>``; answers the key's id or raises NotAuthenticated.
 
-    Store errors (the zone's store down, fenced, a key in doubt) propagate: the caller answers
-    503 and the load balancer tries another zone. Without a store (``store`` None) only the
-    static keys work.
+    A key is read with a strong read, from whichever zone store holds a lease (the own zone's
+    first). When none does within ``strong_deadline`` -- the control plane has no quorum, so
+    no lease is renewed anywhere -- it is read from the nearest store as it stands, so
+    inference keeps running: no revocation can be acknowledged while no store holds a lease,
+    and a zone cut off before one was sees it once it has caught up. Other store errors
+    propagate: the caller answers 503 and the load balancer tries another zone. Without a
+    store (``store`` None) only the static keys work.
     """
 
-    def __init__(self, static_keys: Iterable[str], store: StoreClient | None,
-                 cache: KeyCache) -> None:
+    def __init__(self, static_keys: Iterable[str], store: AnyStore | None,
+                 cache: KeyCache, *, strong_deadline: float = 0.5) -> None:
         self._static = [(k.encode(), bootstrap_id(k)) for k in static_keys]
         self.store = store
         self.cache = cache
+        self.strong_deadline = strong_deadline
+        self.degraded_reads = 0
 
     def __repr__(self) -> str:
         return f"Authenticator(static={len(self._static)}, store={self.store!r})"
@@ -176,7 +185,19 @@ class Authenticator:
             return cached
         assert self.store is not None
         generation, started = self.cache.generation, self.cache.clock()
-        record = await self.store.get(KEYS, key_id, strong=True)
+        try:
+            if isinstance(self.store, FailoverStore):
+                record = await self.store.get(KEYS, key_id, strong=True,
+                                              deadline=self.strong_deadline)
+            else:
+                record = await self.store.get(KEYS, key_id, strong=True)
+        except Fenced as exc:
+            self.degraded_reads += 1
+            if self.degraded_reads == 1 or self.degraded_reads % 1000 == 0:
+                log.warning("no zone store holds a lease (%s): API keys are read from the "
+                            "nearest store as it stands (%d such reads)", exc,
+                            self.degraded_reads)
+            record = await self.store.get(KEYS, key_id)
         if record is None or not isinstance(record.value, dict):
             return None
         key = ApiKey.from_json(record.value)

@@ -20,15 +20,21 @@ from crosszone.config.topology import CHAT_ROUTE, COMPLETIONS_ROUTE, Topology
 from crosszone.dataplane.gateway.admin import INVALIDATE_PATH, AdminApi, KeyRegistry, json_body
 from crosszone.dataplane.gateway.keys import Authenticator, KeyCache, token_matches
 from crosszone.dataplane.gateway.responses import ConversationStore, ResponsesApi
-from crosszone.dataplane.gateway.usage import UsageRecord, UsageRecorder, UsageTap, usage_of_body
+from crosszone.dataplane.gateway.usage import (
+    UsageRecord,
+    UsageRecorder,
+    UsageTap,
+    resent_tokens,
+    usage_of_body,
+)
 from crosszone.dataplane.gateway.workers import WorkerCalls
 from crosszone.dataplane.openai_errors import error_response
-from crosszone.dataplane.proxy.headers import REQUEST_ID
+from crosszone.dataplane.proxy.headers import REQUEST_ID, usage_id
 from crosszone.dataplane.proxy.hop import ProxyHop
-from crosszone.dataplane.proxy.migration import PREFIX_TOKENS_HEADER
 from crosszone.dataplane.proxy.tap import STREAM_TAP
 from crosszone.errors import ApiRequestError, NotAuthenticated, StoreError, UpstreamError
 from crosszone.storage.client import ZoneStores
+from crosszone.storage.failover import FailoverStore
 
 KEY_ID: web.RequestKey[str] = web.RequestKey("crosszone_key_id")
 USAGE_APIS = {CHAT_ROUTE: "chat", COMPLETIONS_ROUTE: "completions"}
@@ -55,13 +61,14 @@ class GatewayProduct:
         self.hop = hop
         self.admin_token = topology.auth.admin_token
         self.stores = ZoneStores(topology, zone, source_host=node.host)
+        anywhere = FailoverStore(self.stores)  # strong ops wait out a zone's failure elsewhere
         self.cache = KeyCache(topology.auth.key_cache_seconds)
-        self.auth = Authenticator(topology.auth.api_keys, self.stores.local, self.cache)
+        self.auth = Authenticator(topology.auth.api_keys, anywhere, self.cache)
         self.usage = UsageRecorder(self.stores)
         peers = [gw.url for gw in Placement(topology).gateways() if gw.zone != zone]
-        self.registry = KeyRegistry(self.stores.local, self.cache, peers=peers,
+        self.registry = KeyRegistry(anywhere, self.cache, peers=peers,
                                     admin_token=self.admin_token, session=self.stores.session)
-        self.admin = AdminApi(zone, self.registry, self.stores.local)
+        self.admin = AdminApi(zone, self.registry, anywhere)
         self.responses = ResponsesApi(
             zone, ConversationStore(self.stores, topology.conversations.consistency),
             WorkerCalls(hop.forwarder), self.usage)
@@ -90,7 +97,8 @@ class GatewayProduct:
         doc = orjson.loads(body)
         rid = request.headers.get(REQUEST_ID) or uuid.uuid4().hex  # the LB always sets one
         model = doc.get("model") if isinstance(doc.get("model"), str) else ""
-        record = UsageRecord(rid, request.get(KEY_ID, ""), str(model), api, self.zone)
+        record = UsageRecord(usage_id(request.headers), request.get(KEY_ID, ""), str(model), api,
+                             self.zone)
         if doc.get("stream") is True:
             options = doc.get("stream_options")
             wanted = isinstance(options, dict) and options.get("include_usage") is True
@@ -98,14 +106,14 @@ class GatewayProduct:
                 extra = options if isinstance(options, dict) else {}
                 body = orjson.dumps({**doc, "stream_options": {**extra, "include_usage": True}})
             request[STREAM_TAP] = UsageTap(self.usage, record, strip=not wanted,
-                                           resent=resent_tokens(request))
+                                           resent=resent_tokens(request.headers))
             return await self.hop.proxy(request, body, rid)
         response = await self.hop.proxy(request, body, rid)
         if response.status == 200 and isinstance(response, web.Response) \
                 and isinstance(response.body, bytes):
             usage = usage_of_body(response.body)
             if usage is not None:
-                await self.usage.record(record.with_tokens(usage, resent_tokens(request)))
+                await self.usage.record(record.with_tokens(usage, resent_tokens(request.headers)))
         return response
 
     def attach(self, app: web.Application) -> None:
@@ -161,10 +169,6 @@ class GatewayProduct:
     async def _create_response(self, request: web.Request) -> web.StreamResponse:
         body = await json_body(request)
         rid = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
-        return await self.responses.create(request, body, request.get(KEY_ID, ""), rid)
+        return await self.responses.create(request, body, request.get(KEY_ID, ""), rid,
+                                           usage_id(request.headers))
 
-
-def resent_tokens(request: web.Request) -> int:
-    """Tokens the LB re-sent as a prefix when this request continues a broken stream."""
-    raw = request.headers.get(PREFIX_TOKENS_HEADER, "")
-    return int(raw) if raw.isdigit() else 0

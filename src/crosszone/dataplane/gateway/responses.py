@@ -27,17 +27,23 @@ from multidict import CIMultiDict
 
 from crosszone.dataplane.gateway.admin import json_response
 from crosszone.dataplane.gateway.conversation import (
+    Continuation,
     ResponseBuilder,
     ResponsesRequest,
     chat_body,
+    parse_continuation,
     parse_request,
 )
 from crosszone.dataplane.gateway.responses_events import ResponseEvents
-from crosszone.dataplane.gateway.usage import UsageRecord, UsageRecorder
+from crosszone.dataplane.gateway.usage import UsageRecord, UsageRecorder, resent_tokens
 from crosszone.dataplane.gateway.workers import WorkerCalls
+from crosszone.dataplane.proxy.errors import MigrationFailed
 from crosszone.dataplane.proxy.headers import REQUEST_ID
+from crosszone.dataplane.proxy.migration import MIGRATIONS_HEADER
+from crosszone.dataplane.proxy.responses_dialect import CONTINUATION_FIELD
 from crosszone.errors import ApiNotFound, StoreError, StoreUnavailable, UpstreamError
 from crosszone.storage.client import StoreClient, ZoneStores
+from crosszone.storage.failover import FailoverStore
 
 RESPONSES = "responses"
 log = logging.getLogger("crosszone.responses")
@@ -49,6 +55,7 @@ class ConversationStore:
 
     def __init__(self, stores: ZoneStores, consistency: Literal["sync", "async"]) -> None:
         self.stores = stores
+        self.any = FailoverStore(stores)  # writes wait out a zone's failure on other zones
         self.consistency = consistency
         self.strong = consistency == "sync"
 
@@ -58,9 +65,11 @@ class ConversationStore:
     async def load(self, response_id: str) -> dict[str, Any] | None:
         """The stored record of ``response_id``: from this zone's store; from the others when
         it is not there (async class: not replicated yet) or the local store is down."""
+        if self.strong:  # any leased zone store holds every acknowledged sync turn
+            return _value(await self.any.get(RESPONSES, response_id, strong=True))
         try:
-            record = await self.stores.local.get(RESPONSES, response_id, strong=self.strong)
-            if record is not None or self.strong:
+            record = await self.stores.local.get(RESPONSES, response_id)
+            if record is not None:
                 return _value(record)
         except StoreUnavailable:
             pass
@@ -77,10 +86,20 @@ class ConversationStore:
                    key_id: str) -> None:
         value = {"response": builder.response(), "conversation": builder.conversation(history),
                  "key_id": key_id}
-        await self.stores.local.put(RESPONSES, builder.id, value, strong=self.strong)
+        await self.any.put(RESPONSES, builder.id, value, strong=self.strong)
 
     async def delete(self, response_id: str) -> None:
-        await self.stores.local.delete(RESPONSES, response_id, strong=self.strong)
+        await self.any.delete(RESPONSES, response_id, strong=self.strong)
+
+
+def continuation_of(request: web.Request, body: dict[str, Any]) -> Continuation | None:
+    """The continuation a hop above asks for (the field is removed from ``body``); None for
+    a new response, and for a client's request (no ``x-crosszone-migrations``: the load
+    balancer drops every ``x-crosszone-*`` header a client sends)."""
+    raw = body.pop(CONTINUATION_FIELD, None)
+    if raw is None or MIGRATIONS_HEADER not in request.headers:
+        return None
+    return parse_continuation(raw, resent_tokens(request.headers))
 
 
 def _value(record: Any) -> dict[str, Any] | None:
@@ -109,7 +128,10 @@ class ResponsesApi:
         return f"ResponsesApi({self.zone}, {self.conversations!r})"
 
     async def create(self, request: web.Request, body: dict[str, Any], key_id: str,
-                     rid: str) -> web.StreamResponse:
+                     rid: str, usage_id: str | None = None) -> web.StreamResponse:
+        """``rid``: the request id (headers, tracing); ``usage_id``: the usage record's key
+        (default ``rid``)."""
+        continuation = continuation_of(request, body)
         req = parse_request(body)
         history: list[dict[str, Any]] = []
         if req.previous_response_id:
@@ -117,10 +139,12 @@ class ResponsesApi:
             if previous is None:
                 raise _not_found(req.previous_response_id, previous=True)
             history = list(previous.get("conversation") or [])
-        builder = ResponseBuilder(req)
-        chat = chat_body(req, history)
+        builder = ResponseBuilder(req, continuation=continuation)
+        chat = chat_body(req, history, continuation)
         headers = CIMultiDict({"Content-Type": "application/json", REQUEST_ID: rid})
-        usage = UsageRecord(rid, key_id, req.model, "responses", self.zone)
+        if continuation is not None:  # the migrations so far count against the same limit
+            headers[MIGRATIONS_HEADER] = request.headers[MIGRATIONS_HEADER]
+        usage = UsageRecord(usage_id or rid, key_id, req.model, "responses", self.zone)
         if req.stream:
             return await self._stream(request, req, builder, chat, headers, history, usage)
         builder.add_completion(await self.workers.complete(chat, headers))
@@ -133,8 +157,9 @@ class ResponsesApi:
         complete."""
         if req.store:
             await self.conversations.save(builder, history, usage.key_id)
-        if builder.usage is not None:
-            await self.usage.record(usage.with_tokens(builder.usage))
+        billed = builder.response_usage()  # what the client is told, so billed once
+        if billed is not None:
+            await self.usage.record(usage.with_tokens(billed))
 
     async def _stream(self, request: web.Request, req: ResponsesRequest,
                       builder: ResponseBuilder, chat: dict[str, Any],
@@ -159,7 +184,8 @@ class ResponsesApi:
                     await self._finish(req, builder, history, usage)
                 except (UpstreamError, StoreError) as exc:
                     log.warning("response %s failed: %s", builder.id, exc)
-                    code = exc.code if isinstance(exc, StoreError) else "server_error"
+                    code = exc.code if isinstance(exc, StoreError | MigrationFailed) \
+                        else "server_error"
                     await events.failed(str(exc), code)
                 else:
                     await events.completed()

@@ -43,14 +43,21 @@ class ResponseEvents:
         snapshot = self.builder.response("in_progress")
         await self.send("response.created", response=snapshot)
         await self.send("response.in_progress", response=snapshot)
+        # A continuation's builder starts with the text its client has: open what that text
+        # opened (the load balancer drops the events its client already has), send no deltas.
+        if self.builder.reasoning and not self.builder.content:
+            self._reasoning_at = await self._open(self._reasoning_started())
+        elif self.builder.reasoning:
+            self.items += 1  # the reasoning item, opened and closed before the message
+            await self._open_message()
+        elif self.builder.content:
+            await self._open_message()
 
     async def chunk(self, chunk: dict[str, Any]) -> None:
         content, reasoning = self.builder.add_chunk(chunk)
         if reasoning:
             if self._reasoning_at is None and self._message_at is None:
-                self._reasoning_at = await self._open(
-                    {"id": self.builder.reasoning_id, "type": "reasoning", "summary": [],
-                     "content": [], "status": "in_progress"})
+                self._reasoning_at = await self._open(self._reasoning_started())
             if self._reasoning_at is not None:
                 await self.send("response.reasoning_text.delta",
                                 item_id=self.builder.reasoning_id,
@@ -83,6 +90,10 @@ class ResponseEvents:
     async def failed(self, message: str, code: str) -> None:
         await self.send("response.failed", response=self.builder.response(
             "failed", error={"code": code, "message": message}))
+
+    def _reasoning_started(self) -> dict[str, Any]:
+        return {"id": self.builder.reasoning_id, "type": "reasoning", "summary": [],
+                "content": [], "status": "in_progress"}
 
     async def _open(self, item: dict[str, Any]) -> int:
         index = self.items

@@ -23,12 +23,13 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
+from crosszone.dataplane.proxy.migration import PREFIX_TOKENS_HEADER
 from crosszone.errors import StoreError
 from crosszone.storage.client import ZoneStores
 from crosszone.storage.records import Write
@@ -72,6 +73,13 @@ class UsageRecord:
                    str(data.get("api", "")), str(data.get("zone", "")),
                    _count(data.get("prompt_tokens")), _count(data.get("completion_tokens")),
                    float(data.get("created", 0.0)))
+
+
+def resent_tokens(headers: Mapping[str, str]) -> int:
+    """Tokens the LB re-sent as a prefix when a request continues a stream that broke (its
+    ``x-crosszone-prefix-tokens``; only hops set it: the LB drops it from clients)."""
+    raw = headers.get(PREFIX_TOKENS_HEADER, "")
+    return int(raw) if raw.isdigit() else 0
 
 
 def _count(value: object) -> int:

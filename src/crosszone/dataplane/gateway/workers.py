@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 
 from crosszone.config.topology import CHAT_ROUTE
 from crosszone.dataplane.proxy.dialects import dialect_for
-from crosszone.dataplane.proxy.errors import AttemptError, MigrationFailed, describe
+from crosszone.dataplane.proxy.errors import AttemptError, describe
 from crosszone.dataplane.proxy.forward import Forwarder
 from crosszone.dataplane.proxy.migration import Migrator
 from crosszone.dataplane.proxy.pool import Endpoint
@@ -133,10 +133,7 @@ class WorkerCalls:
                 if migrator is None:
                     raise UpstreamError(f"stream interrupted: {failure}")
                 lost_at = loop_time()
-                try:
-                    segment = await migrator.resume(failure, lost_at)
-                except MigrationFailed as exc:
-                    raise UpstreamError(str(exc)) from exc
+                segment = await migrator.resume(failure, lost_at)  # or MigrationFailed
                 ep.outstanding -= 1
                 ep, upstream, chunk, splicer = (segment.endpoint, segment.upstream,
                                                 segment.first, segment.splicer)

@@ -5,12 +5,13 @@ Targets are the zone gateways. ``active-backup`` puts each zone in its own tier 
 in one tier and splits by weight and outstanding requests. A zone whose weight is zero is drained:
 it takes traffic only when no other zone can. With no target available at all the balancer fails
 open and tries every target in order (Envoy's panic mode). It does not authenticate: the
-gateways do.
+gateways do. It is the edge: the ``x-crosszone-*`` headers a client sends are dropped, since the
+hops behind it take those (prefix tokens, migrations of a continued stream) from hops only.
 """
 
 from __future__ import annotations
 
-import math
+import uuid
 from typing import Any
 
 import orjson
@@ -18,9 +19,9 @@ from aiohttp import web
 
 from crosszone.config.placement import Placement
 from crosszone.config.topology import Timeouts, Topology
-from crosszone.control.fencing import FencingGuard
-from crosszone.dataplane.gateway.auth import ApiKeyAuth
+from crosszone.dataplane.lb.metrics import ZoneMetrics
 from crosszone.dataplane.openai_errors import error_middleware, error_response
+from crosszone.dataplane.proxy.headers import USAGE_ID, without_internal
 from crosszone.dataplane.proxy.hop import ProxyHop
 from crosszone.dataplane.proxy.pool import (
     Endpoint,
@@ -28,7 +29,8 @@ from crosszone.dataplane.proxy.pool import (
     UpstreamPool,
     WeightedLeastOutstanding,
 )
-from crosszone.errors import StaleFencingToken
+from crosszone.dataplane.proxy.signals import NodeName
+from crosszone.dataplane.proxy.weights import weights_handler
 
 LB_HOP = web.AppKey("crosszone_lb_hop", ProxyHop)
 
@@ -91,19 +93,16 @@ def status_document(topology: Topology, pool: UpstreamPool) -> dict[str, Any]:
     }
 
 
-def parse_weights(document: Any, zones: list[str]) -> dict[str, float]:
-    """Validate ``{"weights": {zone: number}}``; raise ValueError with a clear message."""
-    if not isinstance(document, dict) or not isinstance(document.get("weights"), dict):
-        raise ValueError('expected {"weights": {"<zone>": <number>, ...}}')
-    weights: dict[str, float] = {}
-    for zone, value in document["weights"].items():
-        if zone not in zones:
-            raise ValueError(f"unknown zone {zone!r}; zones are {zones}")
-        if isinstance(value, bool) or not isinstance(value, int | float) \
-                or not math.isfinite(value) or value < 0:
-            raise ValueError(f"weight of {zone} must be a finite number >= 0, got {value!r}")
-        weights[zone] = float(value)
-    return weights
+RETRY_PATIENCE_SECONDS = 8.0
+"""How long the LB keeps retrying a request that no zone could serve before its first byte
+(rounds over every zone, 50 ms doubling to 1 s apart): a mass restart or a starved survivor
+costs latency, not an error. Bounded by the request's own deadline."""
+
+
+def _gateway_names(topology: Topology) -> NodeName:
+    """The LB's endpoints are named after their zone; the controllers know them as gateways."""
+    names = {gw.zone: gw.name for gw in Placement(topology).gateways()}
+    return lambda ep: names.get(ep.zone, ep.name)
 
 
 def create_lb_app(topology: Topology) -> web.Application:
@@ -112,13 +111,18 @@ def create_lb_app(topology: Topology) -> web.Application:
     hop = ProxyHop(pool, timeouts=lb_timeouts(topology), max_attempts=len(pool.endpoints),
                    health_check=topology.load_balancer.health_check,
                    metrics_prefix="crosszone_lb", served_headers=_served,
-                   label="load balancer", migration=topology.gateway.migration, hedge=True)
+                   label="load balancer", migration=topology.gateway.migration, hedge=True,
+                   node_name=_gateway_names(topology))
+    hop.report_signals(topology)  # passive signals per zone to the controllers
+    # every zone failed a request before its first byte: try them all again, with backoff
+    hop.forwarder.patience_seconds = RETRY_PATIENCE_SECONDS
+    zone_metrics = ZoneMetrics(hop.metrics.registry, pool)
     max_body = topology.gateway.max_body_bytes
-    admin_token = topology.auth.admin_token
-    admin = ApiKeyAuth([admin_token] if admin_token else [])
-    fence = FencingGuard(require=False)  # an operator's manual PUT carries no token
 
     async def relay(request: web.Request) -> web.StreamResponse:
+        clean = without_internal(request.headers)  # x-crosszone-*: only hops may set them
+        if clean is not None:
+            request = request.clone(headers=clean)
         length = request.content_length
         try:
             if length is not None and length > max_body:
@@ -126,9 +130,13 @@ def create_lb_app(topology: Topology) -> web.Application:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             hop.metrics.count_request(request.path, 413)
+            zone_metrics.count(None, request.path, 413)
             return error_response(413, f"request body exceeds {max_body} bytes",
                                   code="body_too_large")
-        return await hop.proxy(request, body)
+        response = await hop.proxy(request, body, extra={USAGE_ID: uuid.uuid4().hex})
+        zone_metrics.count(response.headers.get(GATEWAY_ZONE_HEADER), request.path,
+                           response.status)
+        return response
 
     async def health(request: web.Request) -> web.Response:
         zones = [ep.zone for ep in pool.available()]
@@ -141,26 +149,14 @@ def create_lb_app(topology: Topology) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         return hop.metrics_response()
 
-    async def put_weights(request: web.Request) -> web.Response:
-        # The admin token (when configured) says who may shift traffic; the fencing token says
-        # the sender is still the acting leader: a deposed controller's push is refused.
-        if admin_token and not admin.allows(request.headers.get("Authorization")):
-            return error_response(401, "admin token required", code="invalid_admin_token")
-        try:
-            fence.admit_header(request.headers)
-        except StaleFencingToken as exc:
-            return error_response(409, str(exc), code="stale_fencing_token")
-        except ValueError as exc:
-            return error_response(400, str(exc), code="invalid_fencing_token")
-        try:
-            weights = parse_weights(orjson.loads(await request.read()), topology.zone_names())
-        except (orjson.JSONDecodeError, ValueError) as exc:
-            return error_response(400, str(exc), code="invalid_weights")
-        merged = {ep.zone: ep.weight for ep in pool.endpoints} | weights
-        if sum(merged.values()) <= 0:
-            return error_response(400, "weights must not all be zero", code="invalid_weights")
+    def set_weights(weights: dict[str, float]) -> web.Response:
         pool.set_weights(weights)
         return _json(status_document(topology, pool))
+
+    # admin token: who may shift traffic; fencing token: the sender still leads (else 409)
+    put_weights = weights_handler(topology.zone_names(), topology.auth.admin_token,
+                                  lambda: {ep.zone: ep.weight for ep in pool.endpoints},
+                                  set_weights)
 
     app = web.Application(client_max_size=max_body, middlewares=[error_middleware])
     app[LB_HOP] = hop

@@ -1,4 +1,5 @@
-"""Machinery both proxy hops share: endpoint pools, health checks, forwarding with retries."""
+"""Machinery both proxy hops share: endpoint pools, health checks, forwarding with retries,
+passive signals for the controllers."""
 
 from crosszone.dataplane.proxy.dialects import DIALECTS, CannotContinue, StreamDialect, dialect_for
 from crosszone.dataplane.proxy.errors import AttemptError, BufferedResponse, MigrationFailed
@@ -16,6 +17,8 @@ from crosszone.dataplane.proxy.pool import (
     WeightedLeastOutstanding,
 )
 from crosszone.dataplane.proxy.relay import StreamRelay
+from crosszone.dataplane.proxy.reporter import SignalReporter
+from crosszone.dataplane.proxy.signals import PassiveSignals
 from crosszone.dataplane.proxy.splice import Splicer
 from crosszone.dataplane.proxy.transcript import StreamRecorder, Transcript
 
@@ -33,10 +36,12 @@ __all__ = [
     "LeastOutstanding",
     "MigrationFailed",
     "Migrator",
+    "PassiveSignals",
     "ProxyHop",
     "RetryBudget",
     "SelectionPolicy",
     "ServedHeaders",
+    "SignalReporter",
     "Splicer",
     "StreamDialect",
     "StreamRecorder",

@@ -14,49 +14,29 @@ usage chunk, ``data: [DONE]``) and differ only in where text sits and how a pref
   running the ``openai`` upstream engine translate it per ``inference.upstream.continuation``;
 * completions: the body field ``crosszone_prefix`` carries the text (workers append it).
 
-The Responses API (``/v1/responses``) plugs in as one more subclass of :class:`StreamDialect`
-registered in :data:`DIALECTS`: typed events (``response.output_text.delta``,
-``response.reasoning_summary_text.delta``) fold into the same :class:`Transcript`, the
-continuation appends an assistant prefix to ``input``, and ``response.completed`` ends the stream.
+The Responses API (``/v1/responses``) is one more subclass of :class:`StreamDialect` registered
+in :data:`DIALECTS` (:mod:`.responses_dialect`): its typed text events fold into the same
+:class:`Transcript`, a continuation carries the response's ids and text for the gateway that goes
+on with it, and ``response.completed`` ends the stream. The interface is in :mod:`.dialect_base`.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from crosszone.config.topology import CHAT_ROUTE, COMPLETIONS_ROUTE
+from crosszone.config.topology import CHAT_ROUTE, COMPLETIONS_ROUTE, RESPONSES_ROUTE
+from crosszone.dataplane.proxy.dialect_base import CannotContinue, StreamDialect
+from crosszone.dataplane.proxy.responses_dialect import ResponsesDialect
 from crosszone.dataplane.proxy.transcript import ChoiceText, Transcript
-from crosszone.errors import CrosszoneError
 
 if TYPE_CHECKING:
     from crosszone.dataplane.proxy.splice import Splicer
 
-
-class CannotContinue(CrosszoneError):
-    """This answer cannot be continued from a text prefix (the message says why)."""
-
-
-class StreamDialect(ABC):
-    """The API-specific half of a migration; see the module docstring."""
-
-    @abstractmethod
-    def fold(self, data: bytes, transcript: Transcript) -> None:
-        """Add one relayed event (its data field) to ``transcript``."""
-
-    @abstractmethod
-    def completed(self, tail: bytes) -> bool:
-        """Whether relayed bytes ending in ``tail`` (>= 32 bytes when available) end a stream."""
-
-    @abstractmethod
-    def continuation(self, request: dict[str, Any], transcript: Transcript) -> dict[str, Any]:
-        """The body that asks a backend to go on after ``transcript``; CannotContinue if not."""
-
-    @abstractmethod
-    def splice(self, event: dict[str, Any], splicer: Splicer) -> dict[str, Any] | None:
-        """A continuation event as the client should see it (folded in), or None to drop it."""
+__all__ = ["DIALECTS", "CannotContinue", "ChatDialect", "ChoicesDialect", "CompletionsDialect",
+           "ResponsesDialect", "StreamDialect", "dialect_for"]
 
 
 class ChoicesDialect(StreamDialect):
@@ -250,6 +230,7 @@ class CompletionsDialect(ChoicesDialect):
 DIALECTS: dict[str, StreamDialect] = {
     CHAT_ROUTE: ChatDialect(),
     COMPLETIONS_ROUTE: CompletionsDialect(),
+    RESPONSES_ROUTE: ResponsesDialect(),
 }
 
 

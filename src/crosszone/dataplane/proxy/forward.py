@@ -6,9 +6,11 @@ has received nothing, the request moves on, up to ``max_attempts`` tries and the
 A 4xx answer is the client's problem and is passed through unchanged.
 
 Streams are relayed by :class:`~.relay.StreamRelay`; with ``migration.max_migrations`` > 0 a
-stream of an API with a dialect (chat, completions) that breaks after its first byte continues on
-another endpoint (:mod:`.migration`). With a :class:`~.hedge.Hedger`, the first attempt of a
-streamed request on a hedged route is hedged when its answer is late.
+stream of an API with a dialect (chat, completions, Responses) that breaks after its first byte
+continues on another endpoint (:mod:`.migration`). With a :class:`~.hedge.Hedger`, the first
+attempt of a streamed request on a hedged route is hedged when its answer is late. Every
+attempt's outcome is counted per destination zone in :class:`~.signals.PassiveSignals`, which
+the hop reports to the controllers (gray-failure detection).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from crosszone.dataplane.proxy.metrics import HopMetrics
 from crosszone.dataplane.proxy.migration import Migrator
 from crosszone.dataplane.proxy.pool import Endpoint, UpstreamPool
 from crosszone.dataplane.proxy.relay import StreamRelay
+from crosszone.dataplane.proxy.signals import PassiveSignals
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +47,17 @@ class Forwarder:
 
     def __init__(self, pool: UpstreamPool, timeouts: Timeouts, max_attempts: int,
                  metrics: HopMetrics, served_headers: ServedHeaders, *,
-                 migration: Migration | None = None, hedge: bool = False) -> None:
+                 migration: Migration | None = None, hedge: bool = False,
+                 signals: PassiveSignals | None = None) -> None:
         self.pool = pool
+        self.signals = signals or PassiveSignals()
         self.timeouts = timeouts
         self.max_attempts = max_attempts
+        # When a whole round of attempts failed before anything reached the client (every
+        # zone refused or timed out: a mass restart, a CPU-starved survivor), try every
+        # endpoint again with backoff for up to this long after the request came in: a
+        # transient total outage becomes latency instead of an error (0: one round only).
+        self.patience_seconds = 0.0
         self.metrics = metrics
         self.served_headers = served_headers
         self.max_migrations = migration.max_migrations if migration is not None else 0
@@ -71,25 +81,33 @@ class Forwarder:
         last: AttemptError | None = None
         hedge = self.hedger is not None and self.hedger.wants(request.method, request.path,
                                                               body)
-        while len(tried) < self.max_attempts and loop_time() < deadline:
-            ep = self.pool.pick(tried)
-            if ep is None:
+        patient_until = min(started + self.patience_seconds, deadline)
+        backoff, attempts = 0.05, 0
+        while True:
+            while len(tried) < self.max_attempts and loop_time() < deadline:
+                ep = self.pool.pick(tried)
+                if ep is None:
+                    break
+                if last is not None:
+                    self.metrics.count_retry(last.reason)
+                tried.append(ep)
+                self.metrics.count_attempt(ep.name)
+                ep.outstanding += 1
+                try:
+                    return await self._attempt(ep, tried, request, body, headers, rid, started,
+                                               deadline, hedge)
+                except AttemptError as exc:
+                    last = exc
+                    self.eject(exc.endpoint or ep, exc)
+                finally:
+                    ep.outstanding -= 1
+                hedge = False  # only the first attempt is hedged
+            attempts += len(tried)
+            if not _worth_another_round(last) or loop_time() + backoff >= patient_until:
                 break
-            if last is not None:
-                self.metrics.count_retry(last.reason)
-            tried.append(ep)
-            self.metrics.count_attempt(ep.name)
-            ep.outstanding += 1
-            try:
-                return await self._attempt(ep, tried, request, body, headers, rid, started,
-                                           deadline, hedge)
-            except AttemptError as exc:
-                last = exc
-                self.eject(exc.endpoint or ep, exc)
-            finally:
-                ep.outstanding -= 1
-            hedge = False  # only the first attempt is hedged
-        return self._give_up(tried, last, rid, started)
+            await asyncio.sleep(backoff)
+            backoff, tried = min(backoff * 2, 1.0), []
+        return self._give_up(attempts, last, rid, started)
 
     async def open(self, ep: Endpoint, method: str, path: str, body: bytes,
                    headers: CIMultiDict[str], headers_by: float,
@@ -97,7 +115,26 @@ class Forwarder:
         """Send one request to ``ep`` and wait for its response headers until ``headers_by``.
 
         A 5xx answer raises AttemptError (its body kept, to pass on if nothing does better).
+        Every attempt, of the forwarder or of a migrator, hedger or gateway call, passes here
+        and is counted in :attr:`signals` with its time to headers.
         """
+        loop_time = asyncio.get_running_loop().time
+        started = loop_time()
+        try:
+            upstream = await self._open(ep, method, path, body, headers, headers_by, deadline)
+        except AttemptError:
+            self.signals.attempt_ended(ep, None)  # the failure is counted where ep is ejected
+            raise
+        except asyncio.CancelledError:
+            # a hedge that lost, or a client that left: the wait so far is a lower bound
+            self.signals.attempt_ended(ep, loop_time() - started)
+            raise
+        self.signals.attempt_ended(ep, loop_time() - started)
+        return upstream
+
+    async def _open(self, ep: Endpoint, method: str, path: str, body: bytes,
+                    headers: CIMultiDict[str], headers_by: float,
+                    deadline: float) -> aiohttp.ClientResponse:
         if self.session is None:
             raise RuntimeError("Forwarder.session is not set (app not started)")
         attempt_start = asyncio.get_running_loop().time()
@@ -213,14 +250,20 @@ class Forwarder:
 
     def eject(self, ep: Endpoint, failure: AttemptError) -> None:
         """Passive ejection of ``ep`` after ``failure`` (counted and logged once)."""
+        self.signals.failed(ep)
         if self.pool.eject(ep, str(failure)):
             self.metrics.count_ejection(ep.name, failure.reason)
+            if ep.healthy is not False:
+                # the hop's own evidence; an endpoint its active checks already failed (the
+                # attempt was cut short for that) tells the controllers nothing their probes
+                # of the same node do not
+                self.signals.ejected(ep, f"{failure.reason}: {failure}")
             log.warning("ejected %s: %s", ep.name, failure)
 
-    def _give_up(self, tried: list[Endpoint], last: AttemptError | None, rid: str,
+    def _give_up(self, attempts: int, last: AttemptError | None, rid: str,
                  started: float) -> web.Response:
         """Nothing could serve: the last 5xx as it came, else an OpenAI-style error."""
-        extra = self.served_headers(None, len(tried))
+        extra = self.served_headers(None, attempts)
         extra[REQUEST_ID] = rid
         self.metrics.duration.observe(asyncio.get_running_loop().time() - started)
         if last is not None and last.response is not None:
@@ -231,8 +274,18 @@ class Forwarder:
             return error_response(503, "no healthy upstream is available",
                                   code="no_healthy_upstream", headers=extra)
         if last.reason == "timeout":
-            return error_response(504, f"upstream timed out after {len(tried)} attempt(s): "
+            return error_response(504, f"upstream timed out after {attempts} attempt(s): "
                                   f"{last}", code="upstream_timeout", headers=extra)
-        return error_response(503, f"no upstream could serve the request after {len(tried)} "
+        return error_response(503, f"no upstream could serve the request after {attempts} "
                               f"attempt(s); last: {last}", code="no_healthy_upstream",
                               headers=extra)
+
+
+def _worth_another_round(last: AttemptError | None) -> bool:
+    """A round failed in a way that may pass: nobody answered, or a gateway said it could not
+    serve right now (502/503/504); not a 500, which would fail again."""
+    if last is None:
+        return True  # nothing was available at all
+    if last.reason in ("connect", "timeout", "reset"):
+        return True
+    return last.response is not None and last.response.status in (502, 503, 504)

@@ -1,4 +1,5 @@
-"""One proxy hop (a zone gateway, or the load balancer): pool, session, checks, forwarding.
+"""One proxy hop (a zone gateway, or the load balancer): pool, session, checks, forwarding,
+and the passive signals it reports to the controllers.
 
 The gateway and the load balancer differ only in their pool, their policy and the checks in front
 of forwarding; everything else lives here once.
@@ -7,16 +8,19 @@ of forwarding; everything else lives here once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 import aiohttp
 from aiohttp import web
 
-from crosszone.config.topology import HealthCheck, Migration, Timeouts
+from crosszone.config.topology import HealthCheck, Migration, Timeouts, Topology
 from crosszone.dataplane.proxy.forward import Forwarder, ServedHeaders
 from crosszone.dataplane.proxy.headers import request_id, upstream_headers
 from crosszone.dataplane.proxy.health import ActiveHealthChecker
 from crosszone.dataplane.proxy.metrics import CONTENT_TYPE, HopMetrics
 from crosszone.dataplane.proxy.pool import UpstreamPool
+from crosszone.dataplane.proxy.reporter import SignalReporter
+from crosszone.dataplane.proxy.signals import NodeName, PassiveSignals
 
 
 def new_session(source_host: str | None = None) -> aiohttp.ClientSession:
@@ -41,16 +45,25 @@ class ProxyHop:
     def __init__(self, pool: UpstreamPool, *, timeouts: Timeouts, max_attempts: int,
                  health_check: HealthCheck, metrics_prefix: str, served_headers: ServedHeaders,
                  label: str, source_host: str | None = None, migration: Migration | None = None,
-                 hedge: bool = False) -> None:
+                 hedge: bool = False, node_name: NodeName | None = None) -> None:
         self.pool = pool
         self.label = label
         self.source_host = source_host
         self.metrics = HopMetrics(metrics_prefix)
+        self.signals = PassiveSignals(node_name)
         self.forwarder = Forwarder(pool, timeouts, max_attempts, self.metrics, served_headers,
-                                   migration=migration, hedge=hedge)
+                                   migration=migration, hedge=hedge, signals=self.signals)
         self.checker = ActiveHealthChecker(pool, health_check, label=label,
                                            source_host=source_host)
+        self.reporter: SignalReporter | None = None
         self.session: aiohttp.ClientSession | None = None
+
+    def report_signals(self, topology: Topology) -> SignalReporter:
+        """Post this hop's passive signals to every zone's controller while the hop runs."""
+        self.reporter = SignalReporter.for_topology(self.signals, topology,
+                                                    source_host=self.source_host,
+                                                    label=self.label)
+        return self.reporter
 
     def attach(self, app: web.Application) -> None:
         """Start with the app (on_startup), stop with it (on_cleanup)."""
@@ -68,8 +81,12 @@ class ProxyHop:
             self.session = new_session(self.source_host)
             self.forwarder.session = self.session
         await self.checker.start()
+        if self.reporter is not None:
+            await self.reporter.start()
 
     async def stop(self) -> None:
+        if self.reporter is not None:
+            await self.reporter.stop()
         await self.checker.stop()
         if self.session is not None:
             self.forwarder.session = None
@@ -77,15 +94,18 @@ class ProxyHop:
             self.session = None
             await asyncio.sleep(0)  # let the connector's transports close
 
-    async def proxy(self, request: web.Request, body: bytes,
-                    rid: str | None = None) -> web.StreamResponse:
-        """Forward ``request`` (its body already read and checked) and count the answer."""
+    async def proxy(self, request: web.Request, body: bytes, rid: str | None = None,
+                    extra: Mapping[str, str] | None = None) -> web.StreamResponse:
+        """Forward ``request`` (its body already read and checked) and count the answer;
+        ``extra`` headers go upstream too."""
         metrics = self.metrics
         metrics.in_flight += 1
         try:
             rid = rid or request_id(request.headers)  # the gateway may have fixed it
-            response = await self.forwarder.forward(
-                request, body, upstream_headers(request.headers, rid), rid)
+            headers = upstream_headers(request.headers, rid)
+            if extra:
+                headers.update(extra)
+            response = await self.forwarder.forward(request, body, headers, rid)
         finally:
             metrics.in_flight -= 1
         metrics.count_request(request.path, response.status)

@@ -158,8 +158,10 @@ class UpstreamPool:
         return None
 
     def in_order(self) -> list[Endpoint]:
-        """Endpoints in tier order (stable within a tier): the fail-open order."""
-        return sorted(self.endpoints, key=lambda ep: ep.tier)
+        """The fail-open order: by tier, and within a tier the endpoint that failed the fewest
+        health checks in a row first -- one that just turned unhealthy (starved, slow) is more
+        likely to answer than one that has refused connections for a while."""
+        return sorted(self.endpoints, key=lambda ep: (ep.tier, ep.failures))
 
     def eject(self, ep: Endpoint, reason: str) -> bool:
         """Passive ejection after a failed request; True if it was not ejected already.

@@ -255,7 +255,7 @@ class StreamRelay:
         connection does not matter. Never true without a migrator: nothing is followed then."""
         if splicer is not None:
             return splicer.transcript.done
-        return recorder is not None and recorder.dialect.completed(self._tail)
+        return recorder is not None and recorder.ended(self._tail)
 
     async def _at_eof(self, response: web.StreamResponse, splicer: Splicer | None,
                       recorder: StreamRecorder | None) -> AttemptError | None:

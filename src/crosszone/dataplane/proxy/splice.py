@@ -22,7 +22,7 @@ import orjson
 
 from crosszone.dataplane.proxy.dialects import StreamDialect
 from crosszone.dataplane.proxy.transcript import Transcript
-from crosszone.dataplane.sse import DONE, encode_event, split_events
+from crosszone.dataplane.sse import DONE, split_events
 
 
 class Splicer:
@@ -61,7 +61,7 @@ class Splicer:
                 return b"".join(out), event
             spliced = self.dialect.splice(event, self)
             if spliced is not None:
-                out.append(encode_event(spliced))
+                out.append(self.dialect.encode(spliced))
         return b"".join(out), None
 
     @property

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from crosszone.dataplane.sse import split_events
 
 if TYPE_CHECKING:
-    from crosszone.dataplane.proxy.dialects import StreamDialect
+    from crosszone.dataplane.proxy.dialect_base import StreamDialect
 
 CATCH_UP_BYTES = 16 * 1024
 
@@ -52,6 +52,10 @@ class Transcript:
     choices: dict[int, ChoiceText] = field(default_factory=dict)
     done: bool = False  # the end-of-stream marker was relayed
     usage_sent: bool = False  # the usage block was relayed
+    # Typed-event streams (the Responses API) only:
+    sequence: int = -1  # the last sequence_number relayed
+    seen: set[str] = field(default_factory=set)  # marks of the relayed non-text events
+    items: dict[str, str] = field(default_factory=dict)  # output item type -> its id
 
     def choice(self, index: int) -> ChoiceText:
         text = self.choices.get(index)
@@ -104,6 +108,12 @@ class StreamRecorder:
             for data in events:
                 fold(data, self.transcript)
         return self.transcript
+
+    def ended(self, tail: bytes) -> bool:
+        """Whether the client has the end of the stream: its last bytes ``tail`` tell for most
+        dialects; for the others the transcript does (everything recorded is parsed then)."""
+        ended = self.dialect.completed(tail)
+        return self.catch_up().done if ended is None else ended
 
     @property
     def held_bytes(self) -> int:

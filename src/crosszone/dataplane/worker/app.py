@@ -58,7 +58,7 @@ class Worker:
         initial = (topology.inference.simulator.failures
                    if topology.inference.backend == "simulator" else None)
         self.engine = FaultInjector(create_engine(topology), initial)
-        self.metrics = WorkerMetrics(self.engine)
+        self.metrics = WorkerMetrics(self.engine, node)
         self.created = int(time.time())
 
     def __repr__(self) -> str:
@@ -105,7 +105,7 @@ class Worker:
         framer = Framer(chat=chat, id_=response_id("chatcmpl" if chat else "cmpl", request_id),
                         model=model)
         self.metrics.in_flight.inc()
-        outcome = _Outcome()
+        outcome = _Outcome(endpoint)
         try:
             if parsed.stream:
                 return await self._stream(request, parsed, framer, outcome)
@@ -123,6 +123,9 @@ class Worker:
     async def _whole(self, parsed: ParsedRequest, framer: Framer, outcome: _Outcome
                      ) -> web.StreamResponse:
         crash_at = self.engine.faults.crash_after_tokens
+        gaps = self.metrics.gaps(outcome.endpoint)
+        clock = time.monotonic
+        last = 0.0
         content: list[str] = []
         reasoning: list[str] = []
         final: Delta | None = None
@@ -134,8 +137,12 @@ class Worker:
                     if delta.finish_reason is not None:
                         final = delta
                         break
+                    now = clock()
                     if outcome.first_token_at is None:
-                        outcome.first_token_at = time.monotonic()
+                        outcome.first_token_at = now
+                    else:
+                        gaps.observe(now - last)
+                    last = now
                     content.append(delta.content)
                     reasoning.append(delta.reasoning)
                     outcome.tokens += 1
@@ -151,6 +158,9 @@ class Worker:
     async def _stream(self, request: web.Request, parsed: ParsedRequest, framer: Framer,
                       outcome: _Outcome) -> web.StreamResponse:
         crash_at = self.engine.faults.crash_after_tokens
+        gaps = self.metrics.gaps(outcome.endpoint)  # observed per token: kept tiny on purpose
+        clock = time.monotonic
+        last = 0.0
         async with _deltas(self.engine, parsed.generation) as deltas:
             try:
                 delta: Delta | None = await anext(deltas, None)
@@ -169,8 +179,12 @@ class Worker:
                     if delta.finish_reason is not None:
                         await self._finish(response, framer, delta, parsed.include_usage)
                         break
+                    now = clock()
                     if outcome.first_token_at is None:
-                        outcome.first_token_at = time.monotonic()
+                        outcome.first_token_at = now
+                    else:
+                        gaps.observe(now - last)
+                    last = now
                     await response.write(framer.token(delta))
                     outcome.tokens += 1
                     delta = await anext(deltas, None)
@@ -248,9 +262,10 @@ class Worker:
 class _Outcome:
     """What happened to one request, for the metrics recorded when it ends."""
 
-    __slots__ = ("first_token_at", "status", "tokens")
+    __slots__ = ("endpoint", "first_token_at", "status", "tokens")
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
         self.status = 200
         self.tokens = 0
         self.first_token_at: float | None = None

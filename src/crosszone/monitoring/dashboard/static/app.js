@@ -45,10 +45,13 @@ function sparkline(values) {
 
 function zoneCard(zone, history) {
   const rps = history.map((h) => (h.zones[zone.name] || {}).rps || 0);
+  const starting = (zone.workers_starting || []).map((name) =>
+    el("li", { "data-node": name, "data-up": "starting", title: "starting (joined its group)" },
+      el("span", { class: "dot starting" }), name.replace(zone.name + "/", "")));
   const nodes = el("ul", { class: "nodes" }, ...zone.nodes.map((n) =>
     el("li", { "data-node": n.name, "data-up": String(n.up), title: n.detail },
       el("span", { class: "dot" + (n.up ? "" : " down") }),
-      n.name.replace(zone.name + "/", ""))));
+      n.name.replace(zone.name + "/", ""))), ...starting);
   const share = el("div", { class: "share", title: "traffic share" },
     el("div", { style: "" }));
   share.firstChild.style.width = (100 * zone.weight).toFixed(0) + "%";
@@ -62,7 +65,9 @@ function zoneCard(zone, history) {
       el("div", {}, el("span", {}, "p95"), el("span", {}, fmt.ms(zone.p95_ms))),
       el("div", {}, el("span", {}, "LB"), el("span", {},
         zone.lb_available === null ? "–" : zone.lb_available ? "in" : "out")),
-      el("div", {}, el("span", {}, "controller"), el("span", {}, zone.controller_status || "–"))),
+      el("div", {}, el("span", {}, "controller"), el("span", {}, zone.controller_status || "–")),
+      el("div", {}, el("span", {}, "workers wanted"),
+        el("span", {}, zone.workers_desired == null ? "–" : String(zone.workers_desired)))),
     share, sparkline(rps), nodes);
 }
 

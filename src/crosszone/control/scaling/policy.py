@@ -1,192 +1,26 @@
-"""Auto-scaling groups (SUMMARY.md 2.2): how many workers each zone runs, decided once per tick.
+"""The ScalingPolicy: every zone's desired capacity, decided once per tick.
 
-Pure decision logic, like the FailoverManager: ``ScalingPolicy.run_cycle(observation, now)``
-returns a :class:`ScalingDecision` whose ``sentence`` says what it decided and why. The controller
-observes (worker load from its health probes, zone health and shifts, the published group state,
-operator settings), calls it, and only the acting leader publishes the result, with a write
-fenced by its term; the supervisors start and stop workers to match.
-
-Rules, per zone, always within ``min_size..max_size``:
-
-* **Baseline**: the operator's ``crosszone scale`` value, else the topology's desired_capacity.
-  An operator setting newer than the group's last change applies at once.
-* **Load**: enough workers for the zone's planned share of the region's in-flight requests
-  (running plus queued, as the workers report on ``/health``) at ``target_in_flight_per_worker``.
-  Static stability: by default the planned share is the largest share the zone would carry if
-  any one other serving zone were lost (N-1 planning; with three equal zones, 50 % over its
-  current share); with ``headroom_percent`` it is the current share plus that much.
-* **Zone loss**: a zone that is unhealthy or shifted away is out of service: its traffic share
-  moves to the others and its own group is left as it is, ready for its return. Once a zone that
-  had been serving stays out for ``zone_loss_seconds`` it is lost: its baseline is spread over
-  the survivors (by traffic weight), which scale up at once. (A zone that never served since
-  this controller started, e.g. during start-up, is coming up, not lost.) Guardrail: at most one
-  zone's capacity moves at a time (the first lost), as static stability plans for one zone loss;
-  several zones down at once more likely means the observer is in trouble.
-* **Cooldowns**: a scale-out for load waits ``scale_out_cooldown_seconds`` after the group's last
-  change; a scale-in needs the lower target for ``scale_in_cooldown_seconds`` (and as long since
-  the last change), and goes to the highest target seen meanwhile. Baseline and zone-loss
-  increases do not wait.
+The rules (baseline, load with N-1 static stability, zone loss, cooldowns) are described in
+:mod:`crosszone.control.scaling`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
 
+from crosszone.control.scaling.model import (
+    GroupBounds,
+    GroupState,
+    Mode,
+    OperatorSetting,
+    ScalingDecision,
+    ScalingObservation,
+    ZonePlan,
+    group_bounds,
+)
 from crosszone.control.settings import ScalingSettings
 
-SCALING_PREFIX = "scaling/"  # operator settings: scaling/<zone> -> {"desired", "set_at"}
-GROUPS_KEY = "groups"  # the leader's decisions: {"term", "decided_at", "zones": {...}}
-
-Mode = Literal["active-backup", "active-active"]
-
-
-@dataclass(frozen=True)
-class GroupBounds:
-    """A zone's group as the topology declares it."""
-
-    min_size: int
-    max_size: int
-    desired_capacity: int
-
-    def clamp(self, n: int) -> int:
-        return max(self.min_size, min(self.max_size, n))
-
-
-@dataclass(frozen=True)
-class GroupState:
-    """A zone's published desired capacity; ``changed_at`` (wall time) drives the cooldowns."""
-
-    desired: int
-    reason: str
-    changed_at: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"desired": self.desired, "reason": self.reason, "changed_at": self.changed_at}
-
-
-@dataclass(frozen=True)
-class OperatorSetting:
-    """What ``crosszone scale --zone Z --desired N`` stored."""
-
-    desired: int
-    set_at: float
-
-
-@dataclass(frozen=True)
-class ZoneLoad:
-    """What a zone's in-service workers reported on ``/health`` (fresh reports only)."""
-
-    workers: int = 0
-    running: int = 0
-    queued: int = 0
-
-    @property
-    def in_flight(self) -> int:
-        return self.running + self.queued
-
-
-@dataclass(frozen=True)
-class ScalingObservation:
-    groups: Mapping[str, GroupState]
-    operator: Mapping[str, OperatorSetting]
-    loads: Mapping[str, ZoneLoad]
-    out_of_service: frozenset[str] = frozenset()
-    established: frozenset[str] | None = None  # zones seen up at least once; None: all
-
-
-@dataclass(frozen=True)
-class ZonePlan:
-    """Why a zone's target is what it is (shown in ``/control/status``)."""
-
-    in_flight: int  # this zone's
-    demand: int  # the region's
-    share: float  # planned share of the region's in-flight requests
-    need: int  # workers for that share at the target per worker
-    baseline: int  # operator setting or desired_capacity
-    floor: int  # baseline plus its part of lost zones' baselines
-    target: int  # max(floor, need) within bounds
-    out_of_service: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"in_flight": self.in_flight, "region_in_flight": self.demand,
-                "planned_share": round(self.share, 4), "need": self.need,
-                "baseline": self.baseline, "floor": self.floor, "target": self.target,
-                "out_of_service": self.out_of_service}
-
-
-@dataclass(frozen=True)
-class ScalingDecision:
-    groups: Mapping[str, GroupState]
-    changed: bool
-    sentence: str
-    plans: Mapping[str, ZonePlan]
-    changes: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
-
-
-# -- the store records ----------------------------------------------------------------------------
-
-def groups_to_json(groups: Mapping[str, GroupState], term: int, now: float) -> str:
-    return json.dumps({"term": term, "decided_at": now,
-                       "zones": {z: g.to_dict() for z, g in groups.items()}}, sort_keys=True)
-
-
-def parse_groups(text: str | None) -> tuple[int, dict[str, GroupState]]:
-    """The published record: (term, groups); (0, {}) when nothing was published."""
-    if not text:
-        return 0, {}
-    doc: dict[str, Any] = json.loads(text)
-    zones: dict[str, GroupState] = {}
-    for zone, g in dict(doc.get("zones") or {}).items():
-        zones[str(zone)] = GroupState(int(g["desired"]), str(g.get("reason", "")),
-                                      float(g.get("changed_at", 0.0)))
-    return int(doc.get("term", 0)), zones
-
-
-def parse_operator(items: Mapping[str, str]) -> dict[str, OperatorSetting]:
-    """Operator settings from the ``scaling/<zone>`` keys (unreadable ones are skipped)."""
-    out: dict[str, OperatorSetting] = {}
-    for key, value in items.items():
-        if not key.startswith(SCALING_PREFIX):
-            continue
-        try:
-            doc = json.loads(value)
-            out[key[len(SCALING_PREFIX):]] = OperatorSetting(int(doc["desired"]),
-                                                             float(doc["set_at"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return out
-
-
-def effective_groups(bounds: Mapping[str, GroupBounds], groups: Mapping[str, GroupState],
-                     operator: Mapping[str, OperatorSetting], term: int) -> dict[str, Any]:
-    """What ``GET /control/scaling`` answers: the desired capacity every zone should run now.
-
-    An operator setting newer than the leader's last decision wins until the leader has seen it.
-    ``version`` ([term, updated_at]) orders answers from different controllers.
-    """
-    out: dict[str, Any] = {}
-    for zone, b in bounds.items():
-        g = groups.get(zone) or GroupState(b.desired_capacity, "desired_capacity of the topology")
-        op = operator.get(zone)
-        desired, reason, updated = g.desired, g.reason, g.changed_at
-        if op is not None and op.set_at > g.changed_at:
-            desired, reason, updated = b.clamp(op.desired), "operator setting", op.set_at
-        out[zone] = {"desired": b.clamp(desired), "min_size": b.min_size,
-                     "max_size": b.max_size,
-                     "baseline": b.clamp(op.desired) if op else b.desired_capacity,
-                     "reason": reason, "updated_at": updated, "term": term,
-                     "version": [term, updated],
-                     "operator": None if op is None else {"desired": op.desired,
-                                                          "set_at": op.set_at}}
-    return out
-
-
-# -- the policy -----------------------------------------------------------------------------------
 
 class ScalingPolicy:
     """Decides every zone's desired capacity; remembers only how long load has been low."""
@@ -386,17 +220,6 @@ class ScalingPolicy:
 
     def __repr__(self) -> str:
         return f"<ScalingPolicy {self.mode} {self.order} enabled={self.settings.enabled}>"
-
-
-def group_bounds(topology: object) -> dict[str, GroupBounds]:
-    from crosszone.config.topology import Topology
-
-    assert isinstance(topology, Topology)
-    out: dict[str, GroupBounds] = {}
-    for zone in topology.zone_names():
-        g = topology.worker_group_of(zone)
-        out[zone] = GroupBounds(g.min_size, g.max_size, g.desired_capacity)
-    return out
 
 
 def _ceil(x: float) -> int:
