@@ -180,12 +180,14 @@ async def test_sigterm_starts_the_successor_at_once_and_the_old_one_drains(
             time.monotonic() + DRAIN_GRACE_SECONDS + 1)
         assert third is not None
         wait_until(lambda: not pid_alive(third), 10, what="the stubborn predecessor to die")
+        assert f"lb's predecessor (pid {third}) was killed by SIGKILL after draining" in \
+            supervisor.run_cycle()
         # ...and stop_all stops predecessors still draining too
         wait_until(lambda: ready(4), 20, what="the fourth LB")
+        fourth = lb.pid
         supervisor.signal(lb_only, "TERM")
-        draining = [d.popen.pid for d in lb.draining]
-        assert len(draining) == 2 and lb.pid is not None
-        pids = [*draining, lb.pid]
+        assert [d.popen.pid for d in lb.draining] == [fourth] and lb.pid not in (None, fourth)
+        pids = [fourth, lb.pid]
     finally:
         result = await supervisor.stop_all(grace=1)
     assert result.startswith("stopped ") and result.endswith("; SIGKILLed lb after 1s")

@@ -7,13 +7,28 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from crosszone.config import Node
+from crosszone.runtime.listeners import Listeners
 from crosszone.runtime.processes import die_with_parent, kill_quietly
 
 STABLE_RUN_SECONDS = 10.0  # a run this long resets the restart backoff
+
+
+def describe_exit(code: int) -> str:
+    """``exited with 1`` or ``was killed by SIGKILL`` (a negative code is the signal)."""
+    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+
+
+@dataclass
+class Draining:
+    """A predecessor finishing its requests while its successor already serves."""
+
+    popen: subprocess.Popen[bytes]
+    deadline: float  # monotonic: SIGKILLed after it
 
 
 def component_argv(node: Node, topology_file: Path, run_dir: Path) -> list[str]:
@@ -29,6 +44,10 @@ class ManagedProcess:
     ``state`` is one of running, held (the operator holds it: not restarted), backoff (waiting to
     restart) and exited (gone, and the policy does not restart it); a worker slot its auto-scaling
     group does not use (``in_service`` False) is stopping (SIGTERM sent) or stopped.
+
+    ``listeners`` (None: the process binds its own) are the node's listening sockets, which the
+    supervisor holds across restarts and every incarnation inherits. A process restarted with
+    :meth:`retire` goes on draining in ``draining`` while its successor serves.
     """
 
     def __init__(self, node: Node, argv: list[str], log_path: Path) -> None:
@@ -48,6 +67,8 @@ class ManagedProcess:
         self.in_service = True  # worker slots: part of the zone's auto-scaling group now
         self.replacing: str | None = None  # why the group killed it: start a new one at once
         self.stop_deadline: float | None = None  # monotonic: SIGKILL a stopping slot after it
+        self.listeners: Listeners | None = None
+        self.draining: list[Draining] = []
 
     @property
     def name(self) -> str:
@@ -61,8 +82,17 @@ class ManagedProcess:
     def restarts(self) -> int:
         return max(0, self.starts - 1)
 
+    @property
+    def alive(self) -> bool:
+        """The process, or a predecessor still draining, has not been reaped yet."""
+        return self.popen is not None or bool(self.draining)
+
     def start(self, now: float) -> int:
-        """Spawn the process, output appended to its log; it dies with the supervisor."""
+        """Spawn the process, output appended to its log; it dies with the supervisor.
+
+        It inherits the listening sockets that are open (:meth:`Listeners.open` is the caller's).
+        """
+        inherited = self.listeners if self.listeners is not None else Listeners([])
         with self.log_path.open("ab") as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log.write(f"--- {stamp} crosszone supervisor: starting {self.name} "
@@ -70,8 +100,8 @@ class ManagedProcess:
             log.flush()
             self.popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                preexec_fn=die_with_parent(signal.SIGKILL),
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **inherited.environment()},
+                pass_fds=inherited.fds(), preexec_fn=die_with_parent(signal.SIGKILL),
             )
         self.starts += 1
         self.state = "running"
@@ -93,6 +123,54 @@ class ManagedProcess:
         self.frozen = False
         self.exit_code = code
         return code
+
+    def retire(self, now: float, grace: float) -> int | None:
+        """SIGTERM the process and keep it draining (SIGKILL after ``grace`` seconds), leaving
+        the slot free for its successor; its pid, None if it is not running."""
+        popen = self.popen
+        if popen is None or not self.send(signal.SIGTERM):
+            return None
+        self.draining.append(Draining(popen, now + grace))
+        self.popen, self.frozen = None, False
+        return popen.pid
+
+    def reap_draining(self, now: float) -> list[str]:
+        """Forget the predecessors that have exited, SIGKILL those past their deadline."""
+        actions: list[str] = []
+        for old in list(self.draining):
+            code = old.popen.poll()
+            if code is not None:
+                self.draining.remove(old)
+                actions.append(f"{self.name}'s predecessor (pid {old.popen.pid}) "
+                               f"{describe_exit(code)} after draining")
+            elif now >= old.deadline:
+                kill_quietly(old.popen.pid, signal.SIGKILL)
+                old.deadline = float("inf")
+                actions.append(f"{self.name}'s predecessor (pid {old.popen.pid}) did not "
+                               "finish draining in time; killed")
+        return actions
+
+    def send_all(self, sig: signal.Signals) -> bool:
+        """Signal the process and its draining predecessors; False if none was running."""
+        sent = self.send(sig)
+        for old in self.draining:
+            if old.popen.poll() is None:
+                kill_quietly(old.popen.pid, sig)
+                sent = True
+        return sent
+
+    def wait_all(self) -> None:
+        """Wait for the process and its predecessors (after SIGKILL: not long) and reap them."""
+        for old in self.draining:
+            old.popen.wait()
+        self.draining.clear()
+        if self.popen is not None:
+            self.popen.wait()
+            self.reap()
+
+    def close_listeners(self) -> bool:
+        """Stop holding the node's listening sockets; False if none were open."""
+        return self.listeners is not None and self.listeners.close()
 
     def send(self, sig: signal.Signals) -> bool:
         if self.popen is None or self.popen.poll() is not None:
@@ -124,6 +202,7 @@ class ManagedProcess:
                 "state": self.state, "frozen": self.frozen, "restarts": self.restarts,
                 "started_at": self.started_at, "exit_code": self.exit_code,
                 "in_service": self.in_service,
+                "draining_pids": [old.popen.pid for old in self.draining],
                 "log": str(self.log_path)}
 
     def __repr__(self) -> str:

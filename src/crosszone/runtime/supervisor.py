@@ -8,6 +8,12 @@ sentence saying what it did. Workers belong to their zone's auto-scaling group
 is always replaced, and with ``health_check_type: ELB`` so is one that fails its health checks.
 Children get PR_SET_PDEATHSIG=SIGKILL so none outlives a dead supervisor. On SIGTERM/SIGINT or
 ``POST /stop`` every child gets SIGCONT and SIGTERM, then SIGKILL after STOP_GRACE_SECONDS.
+
+The load balancer's listening sockets belong to the supervisor (:mod:`crosszone.runtime.listeners`):
+bound before its first start, inherited by every incarnation, closed only when none is to run
+(held, exited for good, stopping). A SIGTERM sent through :meth:`Supervisor.signal` under
+``restart: always`` starts the successor at once, while the old process drains
+(:meth:`ManagedProcess.retire`): a restart costs clients no refused connection and little delay.
 """
 
 from __future__ import annotations
@@ -24,14 +30,22 @@ from typing import Any
 
 from crosszone.config import Placement, Topology
 from crosszone.errors import CrosszoneError
-from crosszone.runtime.child import ManagedProcess, component_argv
+from crosszone.runtime.child import ManagedProcess, component_argv, describe_exit
 from crosszone.runtime.control import Selector, create_control_app, start_control_server
 from crosszone.runtime.groups import WorkerGroups
+from crosszone.runtime.listeners import Listeners
 from crosszone.runtime.processes import signal_from_name
 from crosszone.runtime.rundir import RunDir
+from crosszone.runtime.serve import listen_addresses
 
 TICK_SECONDS = 0.1
 STOP_GRACE_SECONDS = 5.0
+DRAIN_GRACE_SECONDS = 30.0  # a retired process still draining is SIGKILLed after this
+# Whose listening sockets the supervisor holds across restarts: the LB's, which no one in front
+# retries. A gateway or worker that is down must refuse at once, so that the hop in front
+# (LB, gateway) retries another zone or worker instead of waiting in a dead process's backlog;
+# stores and monitors must not run twice at once (one writer per database).
+HANDOFF_COMPONENTS = frozenset({"lb"})
 
 log = logging.getLogger("crosszone.supervisor")
 
@@ -54,12 +68,15 @@ class Supervisor:
         ]
         for proc in self.slots[len(nodes):]:  # scale-out slots: not started until needed
             proc.in_service, proc.state, proc.next_start = False, "stopped", None
+        for proc in self.slots:
+            if proc.node.component in HANDOFF_COMPONENTS:
+                proc.listeners = Listeners(listen_addresses(topology, proc.node))
         self.groups = WorkerGroups(topology)
 
     @property
     def processes(self) -> list[ManagedProcess]:
         """Every node's process, and the worker slots in service (or still stopping)."""
-        return [p for p in self.slots if p.in_service or p.popen is not None]
+        return [p for p in self.slots if p.in_service or p.alive]
 
     # --- the supervision loop ------------------------------------------------------------------
 
@@ -69,6 +86,7 @@ class Supervisor:
         now = time.monotonic() if now is None else now
         actions: list[str] = []
         for proc in self.slots:
+            actions += proc.reap_draining(now)
             code = proc.reap()
             if code is not None:
                 actions.append(self._decide(proc, code, now))
@@ -77,6 +95,8 @@ class Supervisor:
         for proc in self.slots:
             if proc.state == "backoff" and proc.next_start is not None and now >= proc.next_start:
                 actions.append(self._start(proc, now))
+            elif proc.popen is None and proc.state != "backoff" and proc.close_listeners():
+                actions.append(f"closed the listening sockets of {proc.name} ({proc.state})")
         if actions:
             self.write_state()
             return "; ".join(actions)
@@ -84,7 +104,7 @@ class Supervisor:
         return f"no change: {running}/{len(self.processes)} running"
 
     def _decide(self, proc: ManagedProcess, code: int, now: float) -> str:
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        how = describe_exit(code)
         if not proc.in_service:
             proc.state, proc.stop_deadline = "stopped", None
             return f"{proc.name} {how}; stopped (scaled in)"
@@ -164,13 +184,32 @@ class Supervisor:
 
     def _start(self, proc: ManagedProcess, now: float) -> str:
         verb = "restarted" if proc.starts else "started"
+        note = ""
+        if proc.listeners is not None:
+            try:
+                proc.listeners.open()
+            except CrosszoneError as exc:  # the child binds itself, and says why it cannot
+                note = f" binding its own sockets ({exc})"
         try:
             pid = proc.start(now)
         except OSError as exc:
             delay = proc.schedule_restart(now, self.policy.backoff_initial_seconds,
                                           self.policy.backoff_max_seconds)
             return f"cannot start {proc.name} ({exc}); retrying in {delay:.1f}s"
-        return f"{verb} {proc.name} (pid {pid})"
+        return f"{verb} {proc.name} (pid {pid}){note}"
+
+    def _hands_over(self, proc: ManagedProcess) -> bool:
+        """Can a successor start now on ``proc``'s sockets while it drains?"""
+        return (proc.listeners is not None and proc.listeners.is_open
+                and self.policy.restart == "always" and proc.in_service and not proc.held
+                and proc.state == "running" and proc.popen is not None)
+
+    def _restart_overlapping(self, proc: ManagedProcess, now: float) -> str:
+        """SIGTERM ``proc`` and start its successor at once on the same listening sockets."""
+        old = proc.retire(now, DRAIN_GRACE_SECONDS)
+        if old is None:
+            return f"{proc.name} is not running"
+        return f"{proc.name} (pid {old}) drains; {self._start(proc, now)}"
 
     # --- operator actions (the control API) -----------------------------------------------------
 
@@ -186,6 +225,8 @@ class Supervisor:
             proc.state = "held"
             proc.next_start = None
             proc.send(sig)
+            if sig != signal.SIGSTOP:  # it stops serving now: refuse, do not queue
+                proc.close_listeners()
         if matched:
             log.info("held %s with SIG%s", ", ".join(p.name for p in matched), signal_name)
             self.write_state()
@@ -210,11 +251,17 @@ class Supervisor:
         return [p.name for p in matched]
 
     def signal(self, selector: Selector, signal_name: str) -> list[str]:
-        """Send a signal without holding: a process it ends is restarted per policy."""
+        """Send a signal without holding: a process it ends is restarted per policy. A process
+        whose sockets the supervisor holds is replaced at once on SIGTERM/SIGINT (restart:
+        always) and drains meanwhile."""
         sig = signal_from_name(signal_name)
         matched = self.select(selector)
+        now = time.monotonic()
         for proc in matched:
-            proc.send(sig)
+            if sig in (signal.SIGTERM, signal.SIGINT) and self._hands_over(proc):
+                log.info("%s", self._restart_overlapping(proc, now))
+            else:
+                proc.send(sig)
         if matched:
             log.info("sent SIG%s to %s", signal_name, ", ".join(p.name for p in matched))
             self.write_state()
@@ -241,21 +288,22 @@ class Supervisor:
         count = len(self.processes)
         for proc in self.slots:
             proc.held = True  # nothing restarts from here on
-            proc.send(signal.SIGCONT)
-            proc.send(signal.SIGTERM)
+            proc.close_listeners()
+            proc.send_all(signal.SIGCONT)
+            proc.send(signal.SIGTERM)  # those draining have had theirs
         self.write_state()
         deadline = time.monotonic() + grace
-        while any(p.popen is not None for p in self.slots):
+        while any(p.alive for p in self.slots):
+            now = time.monotonic()
             for proc in self.slots:
+                proc.reap_draining(now)
                 proc.reap()
-            if time.monotonic() >= deadline:
+            if now >= deadline:
                 break
             await asyncio.sleep(0.05)
-        killed = [p.name for p in self.slots if p.send(signal.SIGKILL)]
+        killed = [p.name for p in self.slots if p.send_all(signal.SIGKILL)]
         for proc in self.slots:
-            if proc.popen is not None:
-                proc.popen.wait()
-                proc.reap()
+            proc.wait_all()
             proc.state = "exited" if proc.in_service else "stopped"
         self.state = "stopped"
         self.write_state()
