@@ -35,36 +35,11 @@ DESTRUCTIVE = ("two-zones-down", "rolling-restart")
 NEEDS_NFT = shutil.which("nft") is not None or os.path.exists("/usr/sbin/nft")
 
 # Product gaps found by these drills (see each reason). A scenario listed here may fail exactly
-# these SLOs and nothing else; it then reports as xfail with what was measured.
-MEMBERSHIP = ("strong writes (API-key creation, sync conversations on /v1/responses) abort with "
-              "409 'aborted in prepare' for the whole outage of any zone or store: nothing takes "
-              "the dead zone out of the stores' 2PC membership (POST /membership; the control "
-              "plane does not push it yet)")
-FAILBACK = ("on heal the LB readmits the zone before it can serve (503 'cannot connect to "
-            "<zone>', 504 '<zone> turned unhealthy while the request waited')")
-OUTAGE = {"failed client requests", "RTO", "failback (heal -> full service)"}
-KNOWN_GAPS: dict[str, tuple[str, set[str]]] = {
-    "zone-killed": (f"{MEMBERSHIP}; {FAILBACK}", OUTAGE),
-    "leader-zone-killed": (f"{MEMBERSHIP}; {FAILBACK}", OUTAGE),
-    "store-down": (MEMBERSHIP, OUTAGE),
-    "seed-network-loss": (f"{MEMBERSHIP}; {FAILBACK}", OUTAGE),
-    "flapping-zone": (f"{MEMBERSHIP}; {FAILBACK}", OUTAGE),
-    "seed-cpu-fullload": (
-        "a CPU-starved zone is never routed around: gateways and the LB post no passive "
-        "signals (/control/signals) to the controllers, so gray-failure detection sees nothing "
-        "and p95 latency stays above the baseline threshold until the load stops; and on a "
-        "2-core host the seed's 4 burners (capped at 400 %) load every zone, so 0.25 s health "
-        "checks time out and healthy zones are ejected (504)", OUTAGE),
-    "two-zones-down": (
-        f"{MEMBERSHIP}; {FAILBACK}; once, writes the survivor acknowledged during the outage "
-        "never reached the restarted zones (shippers reported zero lag), their strong reads "
-        "returned older values, and the survivor's gateway answered 401 to the valid API key",
-        OUTAGE | {"RPO (acknowledged writes lost)", "consistency (history checker)"}),
-    "rolling-restart": (
-        "restarting the single LB process refuses client connections until the new one binds "
-        "(no socket hand-over; the old process lingered ~9 s after draining), and restarting "
-        f"a store aborts strong writes ({MEMBERSHIP})", {"failed client requests"}),
-}
+# these SLOs and nothing else; it then reports as xfail with what was measured. None is open:
+# the drills' earlier findings (strong writes blocked while a zone was out of the 2PC
+# membership, the LB readmitting a zone before it could serve, a CPU-starved zone never routed
+# around, LB restarts refusing connections) are fixed and each scenario must now pass.
+KNOWN_GAPS: dict[str, tuple[str, set[str]]] = {}
 
 
 def _scenarios(destructive: bool) -> list[str]:

@@ -14,7 +14,8 @@ When the relay reports a failure, :meth:`Migrator.resume`:
 
 A backend that answers the continuation with a 4xx cannot continue a prefix: the stream ends
 with a ``continuation_unsupported`` error event. The codes of the error events it ends streams
-with (:data:`~.relay.TERMINAL_CODES`) tell the hop above not to try again itself.
+with (:data:`~.relay.TERMINAL_CODES`) tell the hop above not to try again itself; when it
+finds no backend it can reach (``migration_failed``), the hop above tries its own.
 """
 
 from __future__ import annotations

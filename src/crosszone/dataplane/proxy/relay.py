@@ -42,9 +42,11 @@ _CLIENT_GONE = (OSError, aiohttp.ClientError)
 _ERROR_MARK = b'{"error"'  # how every error event starts (JSON text cannot hold it unescaped)
 _TAIL = 32
 
-# Codes of error events that end a stream for good: the hop below already tried to continue it.
-TERMINAL_CODES = frozenset({"migration_limit_reached", "continuation_unsupported",
-                            "migration_failed"})
+# Codes of error events that end a stream for good: the limit is reached, or no backend can
+# continue a prefix. ``migration_failed`` is not one: the hop below found no backend *it* could
+# reach (a gateway cut off with its zone), and the hop above, which sees the other zones, tries
+# them (the migrations header carries the count, so the limit still holds).
+TERMINAL_CODES = frozenset({"migration_limit_reached", "continuation_unsupported"})
 
 FailureHook = Callable[[Endpoint, AttemptError], None]
 
