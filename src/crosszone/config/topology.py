@@ -216,6 +216,37 @@ class Conversations(_Model):
         "replicated (loses at most the replication lag when that zone dies)")
 
 
+class ConversationCache(_Model):
+    """Stored responses a gateway keeps in memory (``previous_response_id``, ``GET``)."""
+
+    enabled: bool = Field(True, description="cache conversation reads in each gateway")
+    ttl_seconds: float = Field(
+        60.0, gt=0, description="longest an entry is kept; async class: invalidated earlier "
+        "by the zone store's change feed, sync class: every hit is checked by a strong "
+        "version read")
+    max_entries: int = Field(2000, ge=1, description="entries per gateway (least recently "
+                             "used out first); each holds a whole conversation")
+
+
+class ResponseCache(_Model):
+    """The opt-in exact-match cache of deterministic chat and completions answers."""
+
+    enabled: bool = Field(
+        False, description="answer a repeated deterministic request (temperature 0 or a "
+        "seed; n 1; not streamed) with the answer stored for it, without a worker")
+    ttl_seconds: float = Field(300.0, gt=0, description="an entry's life from when it was "
+                               "stored (an expired entry is a miss)")
+    max_entries: int = Field(10_000, ge=1, description="entries each gateway keeps in memory "
+                             "(its zone store keeps every entry until overwritten)")
+
+
+class Cache(_Model):
+    """The zone-local cache of every gateway (API keys: ``auth.key_cache_seconds``)."""
+
+    conversations: ConversationCache = Field(default_factory=ConversationCache)
+    responses: ResponseCache = Field(default_factory=ResponseCache)
+
+
 class Supervision(_Model):
     restart: Literal["always", "on-failure", "never"] = "always"
     backoff_initial_seconds: float = Field(0.2, ge=0)
@@ -236,6 +267,7 @@ class Topology(_Model):
     control: ControlSettings = Field(default_factory=ControlSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     conversations: Conversations = Field(default_factory=Conversations)
+    cache: Cache = Field(default_factory=Cache)
     supervision: Supervision = Field(default_factory=Supervision)
 
     def zone(self, name: str) -> Zone:

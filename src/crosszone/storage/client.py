@@ -21,6 +21,7 @@ import orjson
 
 from crosszone.config.topology import Topology
 from crosszone.errors import StoreError, StoreUnavailable, store_error_from_code
+from crosszone.storage.changes import Changes, Version
 from crosszone.storage.records import Lag, Record, Write
 from crosszone.storage.service import store_url
 
@@ -123,6 +124,27 @@ class StoreClient:
         record = Record.from_json(answer)
         return None if record.deleted else record
 
+    async def version(self, collection: str, key: str, *, strong: bool = False,
+                      timeout: float = READ_TIMEOUT) -> Version | None:
+        """The version ``(hlc, origin)`` of a live record without its value (None: absent
+        or deleted); ``strong`` as for :meth:`get`."""
+        answer = await self.call("GET", f"/versions/{quote(collection)}/{quote(key, safe='')}"
+                                 f"?consistency={_consistency(strong)}", missing_ok=True,
+                                 timeout=timeout)
+        if answer is None or answer.get("deleted"):
+            return None
+        return (int(answer["hlc"]), str(answer["origin"]))
+
+    async def changes(self, epoch: str | None, after: int | None, *, wait: float = 0.0,
+                      limit: int = 5000) -> Changes:
+        """The store's change feed after ``after`` (long-polled up to ``wait`` seconds); a
+        reset when ``epoch``/``after`` are None or the feed cannot list what changed since."""
+        query = f"?wait={wait:g}&limit={limit}"
+        if epoch is not None and after is not None:
+            query += f"&epoch={quote(epoch, safe='')}&after={after}"
+        return Changes.from_json(await self.call("GET", "/changes" + query,
+                                                 timeout=wait + READ_TIMEOUT))
+
     async def scan(self, collection: str, *, prefix: str = "", after: str = "",
                    limit: int = 1000, strong: bool = False) -> tuple[list[Record], str | None]:
         """One page of live records by key, and the key to continue ``after`` (None: done)."""
@@ -194,8 +216,10 @@ class StoreClient:
                                                      {"epoch": epoch, "held": False},
                                                      timeout=timeout))
 
-    async def health(self) -> dict[str, Any]:
-        answer = await self.call("GET", "/health", timeout=2.0)
+    async def health(self, *, timeout: float = 2.0) -> dict[str, Any]:
+        """The store's ``/health``; StoreUnavailable when it does not answer in time or says
+        it is not in service (503: no lease under a control plane)."""
+        answer = await self.call("GET", "/health", timeout=timeout)
         return dict(answer)
 
 

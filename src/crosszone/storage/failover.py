@@ -45,9 +45,18 @@ class FailoverStore:
     """The zone stores of ``stores`` as one store: the local zone's first, then the others."""
 
     def __init__(self, stores: ZoneStores, *, deadline: float = 8.0, backoff: float = 0.05,
-                 max_backoff: float = 0.5, read_timeout: float = 2.5) -> None:
+                 max_backoff: float = 0.5, read_timeout: float = 2.5,
+                 probe_timeout: float = 0.3, trust_seconds: float = 5.0) -> None:
         self.stores = stores
         self.read_timeout = read_timeout  # a frozen store must not hold a read for long
+        # A store that served in the last ``trust_seconds`` is called directly; any other is
+        # first asked ``GET /health`` (``probe_timeout``): one that does not answer, or holds
+        # no lease, is passed over for a strong operation instead of holding it for a whole
+        # write timeout (a frozen zone). Stores that failed go last in the next rounds.
+        self.probe_timeout = probe_timeout
+        self.trust_seconds = trust_seconds
+        self._trusted: dict[str, float] = {}  # zone -> served recently, until (monotonic)
+        self._failed: dict[str, float] = {}  # zone -> failed last at (monotonic)
         self.deadline = deadline
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -64,12 +73,24 @@ class FailoverStore:
         failures: list[str] = []
         last: StoreError = StoreUnavailable("no zone store configured")
         while True:
-            for client in self.stores.all():
+            for client in self._order():
+                if strong:
+                    refused = await self._unusable(client)
+                    if refused is not None:
+                        failures.append(f"{client.zone}: {refused}")
+                        last = refused
+                        continue
                 try:
-                    return await op(client)
+                    result = await op(client)
                 except retryable as exc:
                     failures.append(f"{client.zone}: {exc}")
                     last = exc
+                    if isinstance(exc, StoreUnavailable):
+                        self._distrust(client.zone)
+                else:
+                    self._trusted[client.zone] = time.monotonic() + self.trust_seconds
+                    self._failed.pop(client.zone, None)
+                    return result
                 if time.monotonic() >= give_up:
                     break
             if time.monotonic() + delay >= give_up:
@@ -79,6 +100,26 @@ class FailoverStore:
                 raise last
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
+
+    def _order(self) -> list[StoreClient]:
+        """The local store first, then the others; stores that failed last (oldest first)."""
+        return sorted(self.stores.all(), key=lambda c: self._failed.get(c.zone, 0.0))
+
+    def _distrust(self, zone: str) -> None:
+        self._trusted.pop(zone, None)
+        self._failed[zone] = time.monotonic()
+
+    async def _unusable(self, client: StoreClient) -> StoreError | None:
+        """None when ``client`` may take a strong operation, else why not (its probe's error:
+        Fenced for a store without a lease, StoreUnavailable for one that does not answer)."""
+        if self._trusted.get(client.zone, 0.0) > time.monotonic():
+            return None
+        try:
+            await client.health(timeout=self.probe_timeout)
+        except StoreError as exc:
+            self._distrust(client.zone)
+            return exc
+        return None
 
     # ------------------------------------------------------------------ the StoreClient calls
     async def get(self, collection: str, key: str, *, strong: bool = False,

@@ -28,6 +28,12 @@ StoreError subclass):
 ``POST /membership``               ``{"zones": [...], "epoch": N}``: zones in service (2PC)
 ``GET /metrics``                   Prometheus: replication lag per zone pair, prepared (in-doubt)
                                    transactions, outbox bounds
+``GET /changes``                   the change feed (:mod:`~crosszone.storage.changes`):
+                                   ``epoch``, ``after``, ``wait`` (long-poll, seconds),
+                                   ``limit`` -> ``{"epoch", "seq", "reset", "changes": [{"seq",
+                                   "collection", "key", "hlc", "origin"}]}``
+``GET /versions/{coll}/{key}``     a record's version only, ``consistency`` as for ``/kv``:
+                                   ``{"hlc", "origin", "deleted"}`` (404: never written)
 =================================  ==========================================================
 """
 
@@ -53,6 +59,7 @@ from crosszone.replication.peers import LocalPeer, TxParticipant
 from crosszone.replication.shipper import DataReplicator
 from crosszone.replication.transaction import CrossZoneTransaction, Failpoint
 from crosszone.storage.base import ZoneStore
+from crosszone.storage.changes import ChangeFeed
 from crosszone.storage.records import Batch, Record, Snapshot, Write
 
 STORE_HOST = 6
@@ -66,6 +73,8 @@ STORE: web.AppKey[ZoneStore] = web.AppKey("store", ZoneStore)
 REPLICATOR: web.AppKey[DataReplicator] = web.AppKey("replicator", DataReplicator)
 COORDINATOR: web.AppKey[CrossZoneTransaction] = web.AppKey("coordinator",
                                                            CrossZoneTransaction)
+CHANGES: web.AppKey[ChangeFeed] = web.AppKey("changes", ChangeFeed)
+MAX_FEED_WAIT = 30.0
 
 
 def store_url(topology: Topology, zone: str) -> str:
@@ -130,6 +139,7 @@ def create_store_app(topology: Topology, node: Node, store: ZoneStore, *,
     replicator = DataReplicator(store, remote, keep_max=keep_max, trim_every=trim_every)
     app = web.Application(middlewares=[error_middleware, store_errors], client_max_size=MAX_BODY)
     app[STORE], app[REPLICATOR], app[COORDINATOR] = store, replicator, coordinator
+    feed = app[CHANGES] = ChangeFeed(store)
     tasks: list[asyncio.Task[None]] = []
 
     async def resolver() -> None:
@@ -150,6 +160,10 @@ def create_store_app(topology: Topology, node: Node, store: ZoneStore, *,
             store.await_grant()
         replicator.start()
         tasks.append(asyncio.create_task(resolver(), name="2pc-resolver"))
+        tasks.append(asyncio.create_task(feed.run(), name="change-feed"))
+
+    async def shutdown(app: web.Application) -> None:
+        feed.close()  # long-polls answer now instead of holding the shutdown
 
     async def cleanup(app: web.Application) -> None:
         for task in tasks:
@@ -162,6 +176,7 @@ def create_store_app(topology: Topology, node: Node, store: ZoneStore, *,
         await store.close()
 
     app.on_startup.append(startup)
+    app.on_shutdown.append(shutdown)
     app.on_cleanup.append(cleanup)
 
     # ------------------------------------------------------------ key-value
@@ -205,12 +220,28 @@ def create_store_app(topology: Topology, node: Node, store: ZoneStore, *,
         nxt = records[-1].key if len(records) == limit else None
         return _json({"records": [r.to_json() for r in records], "next": nxt})
 
+    async def version(request: web.Request) -> web.Response:
+        c, k = request.match_info["collection"], request.match_info["key"]
+        record = await store.get(c, k, strong=_strong(request), include_deleted=True)
+        if record is None:
+            return error_response(404, f"no record {c}/{k}", code="not_found")
+        return _json({"hlc": record.hlc, "origin": record.origin, "deleted": record.deleted})
+
+    async def changes(request: web.Request) -> web.Response:
+        q = request.query
+        after = q.get("after")
+        answer = await feed.since(q.get("epoch"), None if after is None else int(after),
+                                  wait=min(max(float(q.get("wait", "0")), 0.0), MAX_FEED_WAIT),
+                                  limit=min(max(int(q.get("limit", "5000")), 1), 20_000))
+        return _json(answer.to_json())
+
     # ------------------------------------------------------------ replication
     async def apply(request: web.Request) -> web.Response:
         return _json((await store.apply(Batch.from_json(await _body(request)))).to_json())
 
     async def snapshot(request: web.Request) -> web.Response:
         ack = await store.import_snapshot(Snapshot.from_json(await _body(request)))
+        feed.reset("snapshot imported")  # it changes records without outbox entries
         return _json(ack.to_json())
 
     async def lag(request: web.Request) -> web.Response:
@@ -254,10 +285,11 @@ def create_store_app(topology: Topology, node: Node, store: ZoneStore, *,
             floor, head = await store.outbox_bounds()
         except StoreError as exc:
             raise StoreUnavailable(f"zone {zone} store not answering: {exc}") from exc
-        serving = store.lease is not None or not await_lease
-        return _json({"status": "ok" if serving else "no lease: not in service", "zone": zone,
-                      "backend": store.backend, "lease": store.lease,
-                      "outbox": {"floor": floor, "head": head}}, 200 if serving else 503)
+        if store.lease is None and await_lease:  # code "fenced": clients raise Fenced
+            return error_response(503, f"zone {zone} store holds no lease: not in service "
+                                  "for strong operations", code=Fenced.code)
+        return _json({"status": "ok", "zone": zone, "backend": store.backend,
+                      "lease": store.lease, "outbox": {"floor": floor, "head": head}})
 
     async def status() -> web.Response:
         lags = await replicator.lag()
@@ -323,6 +355,8 @@ def create_store_app(topology: Topology, node: Node, store: ZoneStore, *,
     app.router.add_put("/kv/{collection}/{key:.+}", put_one)
     app.router.add_delete("/kv/{collection}/{key:.+}", delete_one)
     app.router.add_get("/kv/{collection}", scan)
+    app.router.add_get("/versions/{collection}/{key:.+}", version)
+    app.router.add_get("/changes", changes)
     app.router.add_post("/kv", write_many)
     app.router.add_post("/replication/apply", apply)
     app.router.add_post("/replication/snapshot", snapshot)

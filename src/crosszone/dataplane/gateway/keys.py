@@ -15,7 +15,9 @@ order of its steps: (1) the revocation commits in every zone in service (2PC); (
 gateway is told to drop the key from its cache (``POST /internal/keys/invalidate``) and (3) if
 one does not confirm, the call waits until the cache TTL has passed since the commit, after which
 no cache anywhere holds an entry read before the commit. Cache fills racing an invalidation
-are discarded (:attr:`KeyCache.generation`).
+are discarded (:class:`~crosszone.storage.cache.LocalCache`). The gateway's change follower
+also discards a key when its zone store's change feed says it changed (an extra: the
+revocation does not depend on it).
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ import logging
 import re
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from crosszone.errors import Fenced, NotAuthenticated
+from crosszone.storage.cache import Cached, LocalCache
 from crosszone.storage.failover import AnyStore, FailoverStore
+from crosszone.storage.records import Record
 
 log = logging.getLogger("crosszone.gateway.keys")
 
@@ -89,50 +92,30 @@ class ApiKey:
                 "revoked": self.revoked, "active": self.revoked is None}
 
 
-class KeyCache:
+class KeyCache(LocalCache[ApiKey]):
     """Keys this gateway read from its store, trusted for ``ttl`` seconds from the read's start.
 
-    ``generation`` moves on every invalidation; a fill that started under an older generation is
-    dropped, so a read that raced a revocation never lands in the cache.
+    It does not rely on the change feed (``follows_feed`` off): revocations invalidate it
+    explicitly and its TTL bounds the rest. A fill that raced an invalidation is dropped.
     """
 
     def __init__(self, ttl: float, *, max_entries: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self.clock = clock
-        self.generation = 0
-        self._entries: OrderedDict[str, tuple[ApiKey, float]] = OrderedDict()
-
-    def __repr__(self) -> str:
-        return (f"KeyCache(ttl={self.ttl}, entries={len(self._entries)}, "
-                f"generation={self.generation})")
-
-    def get(self, key_id: str) -> ApiKey | None:
-        entry = self._entries.get(key_id)
-        if entry is None:
-            return None
-        if self.clock() - entry[1] >= self.ttl:
-            del self._entries[key_id]
-            return None
-        return entry[0]
+        super().__init__(KEYS, ttl, max_entries=max_entries, clock=clock)
 
     def put(self, key: ApiKey, read_started: float, generation: int) -> None:
-        if self.ttl <= 0 or generation != self.generation:
-            return
-        self._entries[key.id] = (key, read_started)
-        self._entries.move_to_end(key.id)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        """The coarse form of :meth:`fill`: keep ``key`` unless anything at all was
+        invalidated since ``generation`` was read."""
+        if self.ttl > 0 and generation == self.generation:
+            self._keep(key.id, Cached(key, None, read_started + self.ttl))
 
     def invalidate(self, key_ids: Iterable[str] | None = None) -> None:
         """Forget ``key_ids`` (every key when None)."""
-        self.generation += 1
         if key_ids is None:
-            self._entries.clear()
+            self.clear()
             return
         for key_id in key_ids:
-            self._entries.pop(key_id, None)
+            self.discard(key_id)
 
 
 class Authenticator:
@@ -183,26 +166,28 @@ class Authenticator:
         cached = self.cache.get(key_id)
         if cached is not None:
             return cached
+        with self.cache.reading(key_id) as read:
+            record = await self._read(key_id)
+            if record is None or not isinstance(record.value, dict):
+                return None
+            key = ApiKey.from_json(record.value)
+            self.cache.fill(read, key, record.version)
+        return key
+
+    async def _read(self, key_id: str) -> Record | None:
         assert self.store is not None
-        generation, started = self.cache.generation, self.cache.clock()
         try:
             if isinstance(self.store, FailoverStore):
-                record = await self.store.get(KEYS, key_id, strong=True,
-                                              deadline=self.strong_deadline)
-            else:
-                record = await self.store.get(KEYS, key_id, strong=True)
+                return await self.store.get(KEYS, key_id, strong=True,
+                                            deadline=self.strong_deadline)
+            return await self.store.get(KEYS, key_id, strong=True)
         except Fenced as exc:
             self.degraded_reads += 1
             if self.degraded_reads == 1 or self.degraded_reads % 1000 == 0:
                 log.warning("no zone store holds a lease (%s): API keys are read from the "
                             "nearest store as it stands (%d such reads)", exc,
                             self.degraded_reads)
-            record = await self.store.get(KEYS, key_id)
-        if record is None or not isinstance(record.value, dict):
-            return None
-        key = ApiKey.from_json(record.value)
-        self.cache.put(key, started, generation)
-        return key
+            return await self.store.get(KEYS, key_id)
 
 
 _MISSING = "invalid or missing API key; send 'Authorization: Bearer <key>'"

@@ -5,12 +5,17 @@ hooks: :meth:`~GatewayProduct.admit` (the API key check, against the static keys
 zone's store), :meth:`~GatewayProduct.proxy` (relaying chat and completions with their usage
 recorded) and :meth:`~GatewayProduct.attach` (the ``/v1/responses``, ``/admin/*`` and
 ``/internal/*`` routes, registered before the catch-all relay route, and the lifecycle).
+
+Its zone-local caches (API keys, stored responses, and the opt-in response cache of
+:mod:`.response_cache`) follow this zone store's change feed through one
+:class:`~crosszone.storage.cache_follower.ChangeFollower`.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -18,8 +23,14 @@ from aiohttp import web
 from crosszone.config.placement import Node, Placement
 from crosszone.config.topology import CHAT_ROUTE, COMPLETIONS_ROUTE, Topology
 from crosszone.dataplane.gateway.admin import INVALIDATE_PATH, AdminApi, KeyRegistry, json_body
-from crosszone.dataplane.gateway.keys import Authenticator, KeyCache, token_matches
-from crosszone.dataplane.gateway.responses import ConversationStore, ResponsesApi
+from crosszone.dataplane.gateway.keys import KEYS, Authenticator, KeyCache, token_matches
+from crosszone.dataplane.gateway.response_cache import (
+    CACHE_HEADER,
+    RESPONSE_CACHE,
+    ResponseCache,
+    cache_key,
+)
+from crosszone.dataplane.gateway.responses import RESPONSES, ConversationStore, ResponsesApi
 from crosszone.dataplane.gateway.usage import (
     UsageRecord,
     UsageRecorder,
@@ -33,6 +44,8 @@ from crosszone.dataplane.proxy.headers import REQUEST_ID, usage_id
 from crosszone.dataplane.proxy.hop import ProxyHop
 from crosszone.dataplane.proxy.tap import STREAM_TAP
 from crosszone.errors import ApiRequestError, NotAuthenticated, StoreError, UpstreamError
+from crosszone.storage.cache import LocalCache
+from crosszone.storage.cache_follower import ChangeFollower
 from crosszone.storage.client import ZoneStores
 from crosszone.storage.failover import FailoverStore
 
@@ -69,9 +82,25 @@ class GatewayProduct:
         self.registry = KeyRegistry(anywhere, self.cache, peers=peers,
                                     admin_token=self.admin_token, session=self.stores.session)
         self.admin = AdminApi(zone, self.registry, anywhere)
+        consistency = topology.conversations.consistency
+        conv = topology.cache.conversations
+        conversations: LocalCache[dict[str, Any]] = LocalCache(
+            RESPONSES, conv.ttl_seconds if conv.enabled else 0.0, max_entries=conv.max_entries,
+            follows_feed=consistency == "async")  # sync: every hit is checked (strong read)
         self.responses = ResponsesApi(
-            zone, ConversationStore(self.stores, topology.conversations.consistency),
+            zone, ConversationStore(self.stores, consistency, conversations),
             WorkerCalls(hop.forwarder), self.usage)
+        caches: dict[str, LocalCache[Any]] = {KEYS: self.cache, RESPONSES: conversations}
+        self.response_cache: ResponseCache | None = None
+        answers = topology.cache.responses
+        if answers.enabled:
+            memory: LocalCache[dict[str, Any]] = LocalCache(
+                RESPONSE_CACHE, answers.ttl_seconds, max_entries=answers.max_entries,
+                follows_feed=True)
+            self.response_cache = ResponseCache(zone, self.stores.local, memory,
+                                                answers.ttl_seconds)
+            caches[RESPONSE_CACHE] = memory
+        self.follower = ChangeFollower(self.stores.local, caches)
 
     def __repr__(self) -> str:
         return f"GatewayProduct({self.zone}, {self.stores!r}, {self.usage!r})"
@@ -99,7 +128,7 @@ class GatewayProduct:
         model = doc.get("model") if isinstance(doc.get("model"), str) else ""
         record = UsageRecord(usage_id(request.headers), request.get(KEY_ID, ""), str(model), api,
                              self.zone)
-        if doc.get("stream") is True:
+        if doc.get("stream") is True:  # never cached
             options = doc.get("stream_options")
             wanted = isinstance(options, dict) and options.get("include_usage") is True
             if not wanted:
@@ -108,13 +137,32 @@ class GatewayProduct:
             request[STREAM_TAP] = UsageTap(self.usage, record, strip=not wanted,
                                            resent=resent_tokens(request.headers))
             return await self.hop.proxy(request, body, rid)
+        key = cache_key(api, doc) if self.response_cache is not None else None
+        if key is not None and self.response_cache is not None:
+            cached = await self.response_cache.lookup(key)
+            if cached is not None:
+                return await self._cached_answer(request, cached, record, rid)
         response = await self.hop.proxy(request, body, rid)
         if response.status == 200 and isinstance(response, web.Response) \
                 and isinstance(response.body, bytes):
             usage = usage_of_body(response.body)
             if usage is not None:
                 await self.usage.record(record.with_tokens(usage, resent_tokens(request.headers)))
+            if key is not None and self.response_cache is not None:
+                await self.response_cache.remember(key, api, record.model, response.body)
+        if key is not None:
+            response.headers[CACHE_HEADER] = "miss"
         return response
+
+    async def _cached_answer(self, request: web.Request, body: bytes, record: UsageRecord,
+                             rid: str) -> web.Response:
+        """A response-cache hit: billed as the answer it repeats, no worker asked."""
+        usage = usage_of_body(body)
+        if usage is not None:
+            await self.usage.record(record.with_tokens(usage))
+        self.hop.metrics.count_request(request.path, 200)
+        return web.Response(body=body, content_type="application/json",
+                            headers={REQUEST_ID: rid, CACHE_HEADER: "hit"})
 
     def attach(self, app: web.Application) -> None:
         """Routes (call before the catch-all ``/v1/{tail}`` route) and lifecycle."""
@@ -133,8 +181,10 @@ class GatewayProduct:
     # ------------------------------------------------------------------ internals
     async def _start(self, _: web.Application) -> None:
         self.usage.start()
+        self.follower.start()
 
     async def _stop(self, _: web.Application) -> None:
+        await self.follower.stop()
         await self.usage.stop()
         await self.stores.close()
 

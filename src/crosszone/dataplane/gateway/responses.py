@@ -12,6 +12,19 @@ and only then tells the client the response is complete. ``conversations.consist
   the local store lacks a response (it may not have arrived yet).
 
 ``GET /v1/responses/{id}`` answers the stored response, ``DELETE`` removes it (a tombstone).
+
+Reads go through the gateway's cache of stored responses (``cache.conversations``; the answer
+of ``GET`` says ``x-crosszone-cache: hit|miss``). A stored response never changes; it can only
+be deleted, which discards it from the deleting gateway's cache at once. Otherwise:
+
+* ``async``: the cache follows the zone store's change feed, so a delete made in any zone
+  discards the entry once replication brings the tombstone here -- as fresh as a read of the
+  local store, which is what the async class promises;
+* ``sync``: a strong read must not miss an acknowledged delete made a moment ago elsewhere,
+  and the change feed may be a few milliseconds behind. So a hit is confirmed by a strong read
+  of the record's version (``GET /versions/...``, the same lease and in-doubt checks as the
+  read it replaces); the cache saves carrying and parsing the whole conversation, never the
+  strong read. Absent records are never cached.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ from crosszone.dataplane.gateway.conversation import (
     parse_continuation,
     parse_request,
 )
+from crosszone.dataplane.gateway.response_cache import CACHE_HEADER
 from crosszone.dataplane.gateway.responses_events import ResponseEvents
 from crosszone.dataplane.gateway.usage import UsageRecord, UsageRecorder, resent_tokens
 from crosszone.dataplane.gateway.workers import WorkerCalls
@@ -42,8 +56,10 @@ from crosszone.dataplane.proxy.headers import REQUEST_ID
 from crosszone.dataplane.proxy.migration import MIGRATIONS_HEADER
 from crosszone.dataplane.proxy.responses_dialect import CONTINUATION_FIELD
 from crosszone.errors import ApiNotFound, StoreError, StoreUnavailable, UpstreamError
+from crosszone.storage.cache import LocalCache
 from crosszone.storage.client import StoreClient, ZoneStores
 from crosszone.storage.failover import FailoverStore
+from crosszone.storage.records import Record
 
 RESPONSES = "responses"
 log = logging.getLogger("crosszone.responses")
@@ -51,45 +67,80 @@ _CLIENT_GONE = (OSError, aiohttp.ClientError)
 
 
 class ConversationStore:
-    """Stored responses of one consistency class (``sync``: 2PC and strong reads)."""
+    """Stored responses of one consistency class (``sync``: 2PC and strong reads), read
+    through ``cache`` (see the module docstring; a cache of TTL 0 keeps nothing)."""
 
-    def __init__(self, stores: ZoneStores, consistency: Literal["sync", "async"]) -> None:
+    def __init__(self, stores: ZoneStores, consistency: Literal["sync", "async"],
+                 cache: LocalCache[dict[str, Any]] | None = None) -> None:
         self.stores = stores
         self.any = FailoverStore(stores)  # writes wait out a zone's failure on other zones
         self.consistency = consistency
         self.strong = consistency == "sync"
+        self.cache = cache if cache is not None else LocalCache(RESPONSES, 0.0)
 
     def __repr__(self) -> str:
-        return f"ConversationStore({self.consistency}, {self.stores!r})"
+        return f"ConversationStore({self.consistency}, {self.stores!r}, {self.cache!r})"
 
     async def load(self, response_id: str) -> dict[str, Any] | None:
-        """The stored record of ``response_id``: from this zone's store; from the others when
-        it is not there (async class: not replicated yet) or the local store is down."""
-        if self.strong:  # any leased zone store holds every acknowledged sync turn
-            return _value(await self.any.get(RESPONSES, response_id, strong=True))
+        return (await self.lookup(response_id))[0]
+
+    async def lookup(self, response_id: str) -> tuple[dict[str, Any] | None, bool]:
+        """The stored record of ``response_id`` and whether the cache answered it."""
+        cached = self.cache.entry(response_id)
+        if cached is not None:
+            if not self.strong:
+                return cached.value, True
+            current = await self.any.run(  # the strong read, without the value
+                lambda c: c.version(RESPONSES, response_id, strong=True,
+                                    timeout=self.any.read_timeout), strong=True)
+            if current == cached.version:
+                return cached.value, True
+            self.cache.discard(response_id, current)
+            if current is None:
+                return None, False
+        with self.cache.reading(response_id) as read:
+            record, cacheable = await self._read(response_id)
+            value = _value(record)
+            if record is not None and value is not None and cacheable:
+                self.cache.fill(read, value, record.version)
+        return value, False
+
+    async def _read(self, response_id: str) -> tuple[Record | None, bool]:
+        """The record, and whether the cache may keep it.
+
+        Strong: from any leased zone store, which holds every acknowledged sync turn. Async:
+        from this zone's store; from the others when it is not there (not replicated yet) or
+        the local store is down -- not cached then: this zone's change feed would not report
+        a delete that reached the local store before the record itself."""
+        if self.strong:
+            return await self.any.get(RESPONSES, response_id, strong=True), True
         try:
             record = await self.stores.local.get(RESPONSES, response_id)
             if record is not None:
-                return _value(record)
+                return record, True
         except StoreUnavailable:
             pass
         found = await asyncio.gather(*(self._try(s, response_id) for s in self.stores.others()))
-        return next((v for v in found if v is not None), None)
+        return next((r for r in found if r is not None), None), False
 
-    async def _try(self, store: StoreClient, response_id: str) -> dict[str, Any] | None:
+    async def _try(self, store: StoreClient, response_id: str) -> Record | None:
         try:
-            return _value(await store.get(RESPONSES, response_id, strong=self.strong))
+            record = await store.get(RESPONSES, response_id, strong=self.strong)
         except StoreError:
             return None
+        return record if _value(record) is not None else None
 
     async def save(self, builder: ResponseBuilder, history: list[dict[str, Any]],
                    key_id: str) -> None:
         value = {"response": builder.response(), "conversation": builder.conversation(history),
                  "key_id": key_id}
-        await self.any.put(RESPONSES, builder.id, value, strong=self.strong)
+        with self.cache.reading(builder.id) as read:  # the next turn will want it
+            written = await self.any.put(RESPONSES, builder.id, value, strong=self.strong)
+            self.cache.fill(read, value, written.records[0].version)
 
     async def delete(self, response_id: str) -> None:
         await self.any.delete(RESPONSES, response_id, strong=self.strong)
+        self.cache.discard(response_id)
 
 
 def continuation_of(request: web.Request, body: dict[str, Any]) -> Continuation | None:
@@ -196,10 +247,10 @@ class ResponsesApi:
 
     async def get(self, request: web.Request) -> web.Response:
         response_id = request.match_info["response_id"]
-        stored = await self.conversations.load(response_id)
+        stored, hit = await self.conversations.lookup(response_id)
         if stored is None or not isinstance(stored.get("response"), dict):
             raise _not_found(response_id)
-        return json_response(stored["response"])
+        return json_response(stored["response"], headers={CACHE_HEADER: "hit" if hit else "miss"})
 
     async def delete(self, request: web.Request) -> web.Response:
         response_id = request.match_info["response_id"]
