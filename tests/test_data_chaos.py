@@ -130,7 +130,8 @@ def usage_of(stack: LocalStack, zone: str, key_id: str) -> dict[str, int]:
 async def usage_records(stack: LocalStack, zone: str, key_id: str) -> dict[str, Any]:
     stores = ZoneStores(stack.topology, zone)
     try:
-        return {r.key: r.value async for r in stores.local.iterate("usage")
+        # stored under the LB's usage id; keyed here by the request id the client saw
+        return {r.value["request_id"]: r.value async for r in stores.local.iterate("usage")
                 if r.value["key_id"] == key_id}
     finally:
         await stores.close()

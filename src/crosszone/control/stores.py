@@ -12,11 +12,14 @@ serve a stale strong read:
   been heard from it for ``ttl_seconds + margin_seconds`` counted from the leader's last
   acknowledgement -- later than its lease can have lapsed. Only then do the survivors run
   strong writes without it. Never the last member.
-* **In only once caught up.** A zone that answers again is re-admitted when no member has
-  anything left to ship to it (``rejoin_ready``). It then takes part in every strong write
-  but holds no lease; once ``settle_seconds`` have passed (no transaction begun with the old
-  membership is still on its way), every member reports the new membership and it has caught
-  up again, it is granted its lease.
+* **Lease only once caught up.** A zone that has answered for a second without a break is
+  re-admitted: it takes part in every strong write from then on, but holds no lease. It is
+  granted its lease once ``settle_seconds`` have passed (no transaction begun with the old
+  membership is still on its way), every member reports the new membership, and it has
+  acknowledged every write the members committed before it rejoined plus ``settle_seconds``
+  (their oldest unacknowledged entry is younger than that): the strong writes it missed.
+  Writes made since may still be on their way, so a zone rejoins under a steady load too.
+  A member that only restarted (it never left) is granted its lease the same way, at once.
 * **A new leader** loads the membership from the coordination store, counts every member as
   heard from at the start of its term, and renews at once every lease a member still holds.
 * **Fencing**: every call carries the leader's term; a store that has seen a newer term
@@ -39,10 +42,11 @@ from crosszone.config.topology import Topology
 from crosszone.control.coordination.base import Coordinator
 from crosszone.control.settings import StoreLeaseSettings
 from crosszone.errors import CoordinationError, Fenced, StoreError
-from crosszone.replication.shipper import rejoin_ready
 from crosszone.storage.client import StoreClient, StoreStatus, ZoneStores
+from crosszone.storage.records import Lag
 
 MEMBERSHIP_KEY = "stores/membership"
+REJOIN_STABLE_SECONDS = 1.0  # a zone answers this long without a break before it rejoins
 log = logging.getLogger(__name__)
 
 
@@ -87,6 +91,7 @@ class StoreMembership:
         self.heard: dict[str, float] = {}  # member -> last answer (clock) this term
         self.joined: dict[str, float] = {}  # member -> when it (re)entered, or the term began
         self.seen: dict[str, StoreSeen] = {}
+        self.up_since: dict[str, float] = {}  # zone -> answering without a break since
         self.stale = False  # a store has seen a newer term: stop acting
         self.sentence = "not acting"
 
@@ -138,7 +143,11 @@ class StoreMembership:
         now = self.clock()
         self.seen = {s.zone: s for s in seen}
         for s in seen:
-            if s.status is not None and s.zone in self.members:
+            if s.status is None:
+                self.up_since.pop(s.zone, None)
+                continue
+            self.up_since.setdefault(s.zone, now)
+            if s.zone in self.members:
                 self.heard[s.zone] = now
         return self.seen
 
@@ -158,7 +167,8 @@ class StoreMembership:
         every_member_answers = all(z in answering for z in members)
         admitted = tuple(z for z in self.zones
                          if z not in members and z not in removed and z in answering
-                         and every_member_answers and rejoin_ready(all_lags, z))
+                         and every_member_answers
+                         and now - self.up_since.get(z, now) >= REJOIN_STABLE_SECONDS)
         members = [z for z in self.zones if z in members or z in admitted]  # topology order
         wanted = set(members)
         agreed = every_member_answers and all(set(answering[z].zones) == wanted for z in members)
@@ -166,11 +176,20 @@ class StoreMembership:
             z for z in members
             if z not in self.leased and z not in admitted and z in answering and agreed
             and (answering[z].lease is not None
-                 or (now - self.joined.get(z, now) >= st.settle_seconds
-                     and rejoin_ready(all_lags, z))))
+                 or self._caught_up(z, all_lags, now)))
         resync = tuple(z for z, status in answering.items()
                        if set(status.zones) != wanted or z in admitted)
         return StoreDecision(tuple(members), removed, admitted, grant, resync)
+
+    def _caught_up(self, zone: str, lags: list[Lag], now: float) -> bool:
+        """Whether ``zone`` has every write committed before it (re)joined the membership
+        plus ``settle_seconds`` (the strong writes that could have committed without it):
+        settled, and no member's oldest entry not yet acknowledged by it is that old. Writes
+        made since may still be on their way -- it takes part in every strong write by now --
+        so a zone rejoins under a steady write load too."""
+        since = now - self.joined.get(zone, now) - self.settings.settle_seconds
+        return since >= 0 and all(lag.records == 0 or lag.seconds < since
+                                  for lag in lags if lag.destination == zone)
 
     def _error(self, zone: str) -> str:
         seen = self.seen.get(zone)

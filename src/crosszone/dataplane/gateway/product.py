@@ -126,8 +126,8 @@ class GatewayProduct:
         doc = orjson.loads(body)
         rid = request.headers.get(REQUEST_ID) or uuid.uuid4().hex  # the LB always sets one
         model = doc.get("model") if isinstance(doc.get("model"), str) else ""
-        record = UsageRecord(usage_id(request.headers), request.get(KEY_ID, ""), str(model), api,
-                             self.zone)
+        record = UsageRecord(rid, request.get(KEY_ID, ""), str(model), api, self.zone,
+                             usage_id=usage_id(request.headers))
         if doc.get("stream") is True:  # never cached
             options = doc.get("stream_options")
             wanted = isinstance(options, dict) and options.get("include_usage") is True

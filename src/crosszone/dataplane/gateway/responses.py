@@ -195,7 +195,8 @@ class ResponsesApi:
         headers = CIMultiDict({"Content-Type": "application/json", REQUEST_ID: rid})
         if continuation is not None:  # the migrations so far count against the same limit
             headers[MIGRATIONS_HEADER] = request.headers[MIGRATIONS_HEADER]
-        usage = UsageRecord(usage_id or rid, key_id, req.model, "responses", self.zone)
+        usage = UsageRecord(rid, key_id, req.model, "responses", self.zone,
+                            usage_id=usage_id or rid)
         if req.stream:
             return await self._stream(request, req, builder, chat, headers, history, usage)
         builder.add_completion(await self.workers.complete(chat, headers))

@@ -49,6 +49,11 @@ class UsageRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     created: float = 0.0
+    usage_id: str = ""  # the record's key: the LB's id of the client request (default request_id)
+
+    @property
+    def key(self) -> str:
+        return self.usage_id or self.request_id
 
     def with_tokens(self, usage: dict[str, Any], resent: int = 0) -> UsageRecord:
         """This record with the token counts of an OpenAI ``usage`` block (either API's names).
@@ -65,14 +70,15 @@ class UsageRecord:
     def to_json(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "key_id": self.key_id, "model": self.model,
                 "api": self.api, "zone": self.zone, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "created": self.created}
+                "completion_tokens": self.completion_tokens, "created": self.created,
+                "usage_id": self.key}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> UsageRecord:
         return cls(str(data["request_id"]), str(data["key_id"]), str(data["model"]),
                    str(data.get("api", "")), str(data.get("zone", "")),
                    _count(data.get("prompt_tokens")), _count(data.get("completion_tokens")),
-                   float(data.get("created", 0.0)))
+                   float(data.get("created", 0.0)), str(data.get("usage_id", "")))
 
 
 def resent_tokens(headers: Mapping[str, str]) -> int:
@@ -167,7 +173,7 @@ class UsageRecorder:
     async def _write(self, records: list[UsageRecord]) -> bool:
         if not records:
             return True
-        writes = [Write.put(USAGE, r.request_id, r.to_json()) for r in records]
+        writes = [Write.put(USAGE, r.key, r.to_json()) for r in records]
         for store in self.stores.all():
             try:
                 await store.write(writes)
