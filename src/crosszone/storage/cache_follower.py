@@ -12,7 +12,6 @@ and follows on from the feed's current position.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from crosszone.errors import StoreError
 from crosszone.storage.cache import LocalCache
 from crosszone.storage.client import StoreClient
+from crosszone.tasks import cancel_and_wait
 
 log = logging.getLogger("crosszone.cache")
 
@@ -95,8 +95,5 @@ class ChangeFollower:
             self._task = asyncio.create_task(self.run(), name="cache-follower")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)

@@ -11,7 +11,7 @@ StoreError subclass its ``code`` names; a missing record is ``None``, not an err
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -31,6 +31,21 @@ WRITE_TIMEOUT = 12.0  # a strong write: prepare timeout + phase two retries
 
 def _lag(x: Any) -> Lag:
     return Lag(str(x["origin"]), str(x["destination"]), float(x["seconds"]), int(x["records"]))
+
+
+Page = tuple[list[Record], str | None]  # records, and the key to continue after (None: done)
+
+
+async def pages(scan: Callable[[str], Awaitable[Page]]) -> AsyncIterator[Record]:
+    """Every record of the pages ``scan(after)`` returns, one page after another."""
+    after = ""
+    while True:
+        records, nxt = await scan(after)
+        for record in records:
+            yield record
+        if nxt is None:
+            return
+        after = nxt
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,18 +170,11 @@ class StoreClient:
         nxt = answer.get("next")
         return records, (str(nxt) if nxt is not None else None)
 
-    async def iterate(self, collection: str, *, prefix: str = "", page: int = 1000,
-                      strong: bool = False) -> AsyncIterator[Record]:
+    def iterate(self, collection: str, *, prefix: str = "", page: int = 1000,
+                strong: bool = False) -> AsyncIterator[Record]:
         """Every live record under ``prefix``, page by page."""
-        after = ""
-        while True:
-            records, nxt = await self.scan(collection, prefix=prefix, after=after, limit=page,
-                                           strong=strong)
-            for record in records:
-                yield record
-            if nxt is None:
-                return
-            after = nxt
+        return pages(lambda after: self.scan(collection, prefix=prefix, after=after,
+                                             limit=page, strong=strong))
 
     # ------------------------------------------------------------------ writes
     async def write(self, writes: Sequence[Write], *, strong: bool = False) -> Written:

@@ -6,12 +6,14 @@ and is in the 2PC membership; the control plane takes a dead zone out within a l
 its own zone's store first and then the others, round after round with backoff, until
 ``deadline``: a strong write or read then waits out a zone failure instead of failing it.
 
-Retried (every zone in turn): a store that cannot be reached (:class:`StoreUnavailable`), one
-without a lease or with a stale fencing token (:class:`Fenced`), a 2PC that aborted because a
-participant did not answer (:class:`TransactionAborted`), a key held by an in-doubt
-transaction (:class:`StoreConflict`). Retrying is safe because every product write is
-idempotent: it names its key and its whole value (an API key's id is chosen before the first
-attempt), so a write that committed although its answer was lost commits the same value again.
+Retried: a store that cannot be reached (:class:`StoreUnavailable`) or without a lease or with
+a stale fencing token (:class:`Fenced`) -- on the next zone's store at once; a 2PC that aborted
+because a participant did not answer (:class:`TransactionAborted`) or a key held by an
+in-doubt transaction (:class:`StoreConflict`) -- after a backoff, from the own zone again (any
+coordinator would meet the same participant or key until the control plane acts).
+Retrying is safe because every product write is idempotent: it names its key and its whole
+value (an API key's id is chosen before the first attempt), so a write that committed although
+its answer was lost commits the same value again.
 Async operations fail over only when a store cannot be reached.
 """
 
@@ -30,7 +32,7 @@ from crosszone.errors import (
     StoreUnavailable,
     TransactionAborted,
 )
-from crosszone.storage.client import StoreClient, Written, ZoneStores
+from crosszone.storage.client import StoreClient, Written, ZoneStores, pages
 from crosszone.storage.records import Record, Write
 
 T = TypeVar("T")
@@ -87,6 +89,8 @@ class FailoverStore:
                     last = exc
                     if isinstance(exc, StoreUnavailable):
                         self._distrust(client.zone)
+                    if isinstance(exc, TransactionAborted | StoreConflict):
+                        break  # a participant or a key, not this coordinator: any would fail
                 else:
                     self._trusted[client.zone] = time.monotonic() + self.trust_seconds
                     self._failed.pop(client.zone, None)
@@ -133,18 +137,11 @@ class FailoverStore:
         return await self.run(lambda c: c.scan(collection, prefix=prefix, after=after,
                                                limit=limit, strong=strong), strong=strong)
 
-    async def iterate(self, collection: str, *, prefix: str = "", page: int = 1000,
-                      strong: bool = False) -> AsyncIterator[Record]:
+    def iterate(self, collection: str, *, prefix: str = "", page: int = 1000,
+                strong: bool = False) -> AsyncIterator[Record]:
         """Every live record under ``prefix``; each page from whichever store serves it."""
-        after = ""
-        while True:
-            records, nxt = await self.scan(collection, prefix=prefix, after=after, limit=page,
-                                           strong=strong)
-            for record in records:
-                yield record
-            if nxt is None:
-                return
-            after = nxt
+        return pages(lambda after: self.scan(collection, prefix=prefix, after=after,
+                                             limit=page, strong=strong))
 
     async def write(self, writes: Sequence[Write], *, strong: bool = False) -> Written:
         return await self.run(lambda c: c.write(writes, strong=strong), strong=strong)

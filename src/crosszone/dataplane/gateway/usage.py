@@ -33,6 +33,7 @@ from crosszone.dataplane.proxy.migration import PREFIX_TOKENS_HEADER
 from crosszone.errors import StoreError
 from crosszone.storage.client import ZoneStores
 from crosszone.storage.records import Write
+from crosszone.tasks import cancel_and_wait
 
 USAGE = "usage"
 BATCH_MAX = 500
@@ -117,11 +118,8 @@ class UsageRecorder:
 
     async def stop(self) -> None:
         """Write what is waiting (one attempt), then stop."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         await self._flush(force=True)
         if self.backlog:
             log.error("stopping with %d usage records not written", len(self.backlog))

@@ -12,13 +12,13 @@ probe during start-up must not take a whole zone out; passive ejection covers a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import aiohttp
 
 from crosszone.config.topology import HealthCheck
 from crosszone.dataplane.proxy.pool import Endpoint, UpstreamPool
+from crosszone.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,8 @@ class ActiveHealthChecker:
             self._task = asyncio.create_task(self.run(), name=f"{self.label}-checker")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None

@@ -15,7 +15,6 @@ The data path never waits for any of this: it only bumps counters (see :mod:`.si
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -24,6 +23,7 @@ import aiohttp
 from crosszone.config.placement import Placement
 from crosszone.config.topology import Topology
 from crosszone.dataplane.proxy.signals import PassiveSignals, SignalWindow
+from crosszone.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,8 @@ class SignalReporter:
             self._task = asyncio.create_task(self.run(), name=f"{self.label}-reporter")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         if self._session is not None:
             await self._session.close()
             self._session = None
