@@ -194,3 +194,21 @@ def test_designed_refusals_are_reported_apart_and_nothing_else_is_excused() -> N
     doc = load_scenario(LIBRARY / "two-zones-down.yaml")
     assert doc.slo.designed_refusals == {
         "holds no lease": "strong write without a controller majority (CP by design)"}
+
+
+def test_a_latency_blip_long_after_recovery_is_reported_not_added_to_the_rto() -> None:
+    records = _steady(0, 100)
+    records += [_rec(10.2, 10.5, ok=False)]  # the fault at 10: routed around by 11
+    records += [_rec(60.1, 60.6 + i * 0.01) for i in range(10)]  # one slow second at 60
+    p95, rate = baseline(records, 10.0)
+    [episode] = episodes([Span("loss", 10.0, 90.0)], 100.0)
+    result = recovery(records, episode, thresholds(p95, 3.0, 100.0), 1.0, rate, 10.0)
+    assert result.during_fault and result.rto == pytest.approx(1.0)
+    assert [at for at, _ in result.blips] == [60.0]
+    # flapping: never stable for 10 s before the heal, so the RTO runs to the last bad bin
+    flaps = _steady(0, 40) + [_rec(10.0 + 4 * i + 0.1, 10.0 + 4 * i + 0.3, ok=False)
+                              for i in range(6)]
+    p95, rate = baseline(flaps, 10.0)
+    [episode] = episodes([Span("flap", 10.0, 36.0)], 40.0)
+    result = recovery(flaps, episode, thresholds(p95, 3.0, 100.0), 1.0, rate, 10.0)
+    assert result.rto == pytest.approx(21.0) and not result.blips

@@ -127,6 +127,8 @@ def _rto(s: Scenario, data: DrillData) -> Verdict:
     parts = [f"{', '.join(r.episode.labels)}: "
              + ("not recovered" if r.rto is None else f"{r.rto:.1f}s")
              + ("" if r.during_fault or r.rto is None else " (only after the heal)")
+             + (f", then {len(r.blips)} bad bin(s) before the heal (first: {r.blips[0][0]:.0f}s "
+                f"{r.blips[0][1][:80]})" if r.blips else "")
              for r in data.recoveries]
     if limit is None:
         return Verdict("RTO", "not applicable", "; ".join(parts), "none set")

@@ -8,9 +8,12 @@ Baselines come from the time before the first fault; a threshold is ``max(p95 x 
 floor)`` so a very fast baseline does not turn scheduler noise into downtime.
 
 Overlapping faults form one episode, whose window runs to the next episode (or the end of the
-workload). Its RTO is the time from its start to the end of the last bad bin before service was
-full again *while the fault was still in place* (the system routed around it); when service came
-back only after the heal, the RTO runs to the last bad bin of the whole window. Disruption caused
+workload). Its RTO is the time from its start to the first bin from which service stayed full
+for ``stable_seconds`` (or up to the heal) *while the fault was still in place* (the system
+routed around it); bad bins after that are reported as blips, not added to the RTO (a single
+slow second three minutes into a long fault is a latency blip, not the end of the recovery;
+failed requests still count against the failed-request budget). When service came back only
+after the heal, the RTO runs to the last bad bin of the whole window. Disruption caused
 by the heal itself (a zone rejoining) is reported separately as *failback*: heal to the end of
 the last bad bin after it. Either is None when service is not full in the window's last bin.
 """
@@ -57,6 +60,7 @@ class Recovery:
     bad_bins: list[tuple[float, str]]  # (bin start, why)
     failback: float | None = 0.0  # heal -> full service again (None: never)
     during_fault: bool = True  # whether service was full again before the heal
+    blips: list[tuple[float, str]] = field(default_factory=list)  # bad bins after recovery
 
     def to_json(self) -> dict[str, object]:
         return {"faults": self.episode.labels, "start": round(self.episode.start, 3),
@@ -66,6 +70,8 @@ class Recovery:
                 "recovered_during_fault": self.during_fault,
                 "failback_seconds": None if self.failback is None else round(self.failback, 3),
                 "threshold_ms": {k: round(v, 1) for k, v in self.threshold_ms.items()},
+                "blips_after_recovery": [{"at": round(t, 3), "why": w}
+                                         for t, w in self.blips[:20]],
                 "bad_bins": [{"at": round(t, 3), "why": w} for t, w in self.bad_bins[:40]]}
 
 
@@ -105,7 +111,7 @@ def thresholds(baseline_p95: dict[str, float], factor: float, floor_ms: float
 
 
 def recovery(records: Sequence[RequestRecord], episode: Episode, limit_ms: dict[str, float],
-             bin_seconds: float, rate: float) -> Recovery:
+             bin_seconds: float, rate: float, stable_seconds: float = 10.0) -> Recovery:
     """The episode's RTO: see the module docstring. ``rate``: baseline completions/s."""
     bins: list[tuple[float, float]] = []
     t = episode.start
@@ -133,15 +139,31 @@ def recovery(records: Sequence[RequestRecord], episode: Episode, limit_ms: dict[
     half = bin_seconds / 2  # a bin straddling the heal belongs to the side holding its middle
     before = [lo for lo, _ in bad if lo + half < heal]
     after = [lo for lo, _ in bad if lo + half >= heal]
-    good_before_heal = [lo for lo, _ in bins
-                        if lo + half < heal and lo > max(before, default=-1.0)]
-    if not before or good_before_heal:  # full service came back while the fault was on
-        rto = (max(before) + bin_seconds - episode.start) if before else 0.0
+    back = _back_at([(lo, hi) for lo, hi in bins if lo + half < heal], set(before),
+                    stable_seconds)
+    if not before or back is not None:  # full service came back while the fault was on
+        rto = (back - episode.start) if before and back is not None else 0.0
         failback = None if ended_bad else (
             max(max(after) + bin_seconds - heal, 0.0) if after else 0.0)
-        return Recovery(episode, rto, limit_ms, bad, failback, True)
+        blips = [(lo, why) for lo, why in bad if back is not None and back <= lo < heal - half]
+        return Recovery(episode, rto, limit_ms, bad, failback, True, blips)
     late: float | None = None if ended_bad else bad[-1][0] + bin_seconds - episode.start
     return Recovery(episode, late, limit_ms, bad, None, False)
+
+
+def _back_at(bins: list[tuple[float, float]], bad: set[float], stable: float) -> float | None:
+    """The start of the first run of good ``bins`` (those before the heal) that lasts
+    ``stable`` seconds or reaches the heal; None when there is none."""
+    start: float | None = None
+    for lo, hi in bins:
+        if lo in bad:
+            start = None
+            continue
+        if start is None:
+            start = lo
+        if hi - start >= stable or (lo, hi) == bins[-1]:
+            return start
+    return None
 
 
 def _slow(records: Sequence[RequestRecord], limit_ms: dict[str, float]) -> str | None:

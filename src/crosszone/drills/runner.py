@@ -313,7 +313,8 @@ class DrillRunner:
         first = min((sp.start for sp in spans), default=self.scenario.baseline_seconds)
         p95, rate = baseline(timeline.records, first)
         limit = thresholds(p95, slo.latency_factor, slo.latency_floor_ms)
-        recoveries = [recovery(timeline.records, e, limit, slo.bin_seconds, rate)
+        recoveries = [recovery(timeline.records, e, limit, slo.bin_seconds, rate,
+                               slo.stable_seconds)
                       for e in episodes(spans, end)]
         return DrillData(
             timeline=timeline, faults=faults, recoveries=recoveries, baseline_p95_ms=p95,

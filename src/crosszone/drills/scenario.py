@@ -121,6 +121,9 @@ class SloSpec(_Model):
     latency_floor_ms: float = Field(
         100.0, ge=0, description="... and never stricter than baseline p95 + this")
     bin_seconds: float = Field(1.0, gt=0, description="RTO resolution")
+    stable_seconds: float = Field(
+        10.0, gt=0, description="service counts as recovered once full for this long (or up "
+        "to the heal); bad bins after that are reported as blips, not added to the RTO")
     rpo: RpoSpec = Field(default_factory=RpoSpec)
     consistency: bool = Field(True, description="no stale read, no visible failed write")
     split_brain: bool = True
