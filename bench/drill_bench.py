@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import BENCH_DIR, write_section
-from crosszone.config.load import default_document
+from crosszone.config.load import default_document_at
 from crosszone.drills import load_scenario, run_drill
 
 ROOT = BENCH_DIR.parent
@@ -29,14 +29,7 @@ SCENARIOS = ("seed-network-loss", "seed-cpu-fullload")
 
 
 def topology() -> dict[str, Any]:
-    doc: dict[str, Any] = default_document()
-    doc["zones"] = [{"name": z["name"], "subnet": f"127.0.{FIRST + i}.0/24"}
-                    for i, z in enumerate(doc["zones"])]
-    doc["load_balancer"]["address"] = f"127.0.0.{FIRST}"
-    doc["load_balancer"]["listeners"] = [
-        {"protocol": "HTTPS", "port": 18440 + FIRST, "targetPort": 8080},
-        {"protocol": "HTTP", "port": 18000 + FIRST, "targetPort": 8080}]
-    return doc
+    return default_document_at(FIRST)
 
 
 def row(name: str, report: dict[str, Any], seconds: float) -> str:

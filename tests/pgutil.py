@@ -156,13 +156,15 @@ def new_schema(server: PgServer, name: str) -> str:
 # ---------------------------------------------------------------- pytest fixtures
 import pytest  # noqa: E402  (the helpers above work without pytest: the bench uses them)
 
+from needs import missing  # noqa: E402
+
 BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(scope="session")
 def pg_servers() -> Iterator[list[PgServer]]:
     if pg_bin() is None:
-        pytest.skip(SKIP_REASON)
+        missing(SKIP_REASON)
     servers = acquire_servers()
     try:
         yield servers
@@ -209,7 +211,7 @@ class StoreFactory:
 @pytest.fixture(params=BACKENDS)
 def store_backend(request: pytest.FixtureRequest) -> str:
     if request.param == "postgres" and pg_bin() is None:
-        pytest.skip(SKIP_REASON)
+        missing(SKIP_REASON)
     return str(request.param)
 
 

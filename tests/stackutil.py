@@ -146,13 +146,3 @@ def write_topology_file(path: Path, topology: dict[str, Any]) -> Path:
     return path
 
 
-def components_ready() -> bool:
-    """True once the worker, gateway and LB apps can be imported."""
-    try:
-        import crosszone.dataplane.gateway.app
-        import crosszone.dataplane.lb.app
-        import crosszone.dataplane.lb.tls
-        import crosszone.dataplane.worker.app  # noqa: F401
-    except ImportError:
-        return False
-    return True

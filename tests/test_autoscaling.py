@@ -38,7 +38,7 @@ from crosszone.runtime import LocalStack, RunDir
 from crosszone.runtime.control import Selector
 from crosszone.runtime.groups import DesiredCapacity, Target
 from crosszone.runtime.supervisor import Supervisor
-from stackutil import all_gone, components_ready, local_topology, start_stack, wait_until
+from stackutil import all_gone, local_topology, start_stack, wait_until
 
 A, B, C = "us-west-2a", "us-west-2b", "us-west-2c"
 ZONES = (A, B, C)
@@ -260,8 +260,6 @@ async def test_supervisor_resizes_groups_and_replaces_condemned_workers(tmp_path
 
 # --- a real stack ------------------------------------------------------------------------------
 
-needs_components = pytest.mark.skipif(not components_ready(),
-                                      reason="worker/gateway/LB apps are not importable yet")
 SCALING = {"enabled": True, "target_in_flight_per_worker": 4, "scale_out_cooldown_seconds": 1.0,
            "scale_in_cooldown_seconds": 4.0, "zone_loss_seconds": 1.0, "poll_seconds": 0.3,
            "unhealthy_replace_seconds": 1.0, "health_check_grace_seconds": 20.0}
@@ -323,7 +321,6 @@ def crosszone(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60, check=False)
 
 
-@needs_components
 def test_elb_group_replaces_a_frozen_worker_an_operator_hold_is_left_alone(
         stack: LocalStack) -> None:
     settled(stack)
@@ -345,7 +342,6 @@ def test_elb_group_replaces_a_frozen_worker_an_operator_hold_is_left_alone(
     stack.wait_healthy(TIMEOUT, names=[held])
 
 
-@needs_components
 def test_dead_workers_are_replaced_and_ec2_leaves_a_frozen_one(stack: LocalStack) -> None:
     settled(stack)
     frozen = f"{C}/worker-1"
@@ -365,7 +361,6 @@ def test_dead_workers_are_replaced_and_ec2_leaves_a_frozen_one(stack: LocalStack
     settled(stack)
 
 
-@needs_components
 def test_crosszone_scale_sets_how_many_workers_run(stack: LocalStack) -> None:
     settled(stack)
     run_dir = str(stack.run_dir.path)
@@ -411,7 +406,6 @@ def _served(stack: LocalStack, name: str) -> float:
                if line.startswith("crosszone_worker_requests_total{"))
 
 
-@needs_components
 def test_load_scales_out_within_max_and_back_in_after_the_cooldown(stack: LocalStack) -> None:
     settled(stack)
     stop, errors = threading.Event(), []
@@ -442,7 +436,6 @@ def test_load_scales_out_within_max_and_back_in_after_the_cooldown(stack: LocalS
     settled(stack)
 
 
-@needs_components
 def test_zone_loss_scales_the_survivors_up(stack: LocalStack) -> None:
     settled(stack)
     stack.hold(zone=A, signal="KILL")

@@ -25,6 +25,7 @@ from crosszone.chaos.network import NetworkDelay, NetworkLoss, NetworkPartition
 from crosszone.chaos.nft import NftTable
 from crosszone.chaos.process import ProcessFault, ZoneDown
 from crosszone.errors import ChaosError
+from needs import missing
 
 IS_ROOT = os.geteuid() == 0
 HAS_NFT = shutil.which("nft") is not None or os.path.exists("/usr/sbin/nft")
@@ -107,7 +108,7 @@ def make_injector(request: pytest.FixtureRequest) -> Callable[[], FaultInjector]
         if not IS_ROOT:
             pytest.skip("needs root (nftables, cgroups); CI runs as root")
         if kind != "cpu" and not HAS_NFT:
-            pytest.skip("nft is not installed (apt-get install nftables)")
+            missing("nft is not installed (apt-get install nftables)")
     if kind == "cpu":
         pid = request.getfixturevalue("sleeper")
         return lambda: CpuFullload(new_uid(), {"zone": "a", "workers": 1, "percent": 10,

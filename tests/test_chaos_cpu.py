@@ -16,6 +16,7 @@ from crosszone.chaos.cpu import GROUP_PARENT, cgroup_of, cpu_cgroup_root, proces
 from crosszone.chaos.procs import alive
 from crosszone.config import parse_topology
 from crosszone.errors import ChaosError
+from needs import missing
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="cpu faults need root (cgroup cpu controller); CI is root")
@@ -25,7 +26,7 @@ def _cgroup_root() -> Path:
     try:
         return cpu_cgroup_root()
     except ChaosError as exc:
-        pytest.skip(str(exc))
+        missing(str(exc))
 
 
 @pytest.fixture

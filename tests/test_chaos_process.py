@@ -15,14 +15,12 @@ from crosszone.chaos.cli import chaos_app
 from crosszone.chaos.cpu import GROUP_PARENT, cgroup_of, cpu_cgroup_root
 from crosszone.chaos.procs import alive
 from crosszone.runtime import LocalStack
-from stackutil import components_ready, local_topology, start_stack, wait_until
+from stackutil import local_topology, start_stack, wait_until
 
 
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
           ) -> LocalStack:
-    if not components_ready():
-        pytest.skip("the data plane components are not available yet")
     return start_stack(request, tmp_path_factory.mktemp("chaos-process-run"),
                        local_topology(first_octet=115, http_port=18715, https_port=18716,
                                       workers=2, zones=("pa", "pb")))

@@ -27,6 +27,7 @@ from crosszone.control.coordination.raft import RaftCoordinator
 from crosszone.control.settings import LeaseSettings
 from crosszone.errors import CoordinationError, LeaseLost
 from etcdutil import SKIP_REASON, etcd_cluster, free_common_port, have_etcd
+from needs import missing
 
 RAFT_HOSTS = ("127.0.109.1", "127.0.109.2", "127.0.109.3")
 RECEIVER_HOST = "127.0.111.1"
@@ -78,7 +79,7 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEtcdCluster 
 @pytest.fixture(params=["raft", "etcd"])
 def backend(request: pytest.FixtureRequest, etcd: LocalEtcdCluster | None) -> Backend:
     if request.param == "etcd" and etcd is None:
-        pytest.skip(SKIP_REASON)
+        missing(SKIP_REASON)
     return Backend(request.param, etcd, prefix=f"/test-{secrets.token_hex(4)}/",
                    raft_port=free_common_port(RAFT_HOSTS, 17100, 17400))
 

@@ -26,7 +26,8 @@ import pytest
 
 from crosszone.runtime import LocalStack
 from monitorutil import MonitorHarness, fast_settings
-from stackutil import components_ready, local_topology, start_stack
+from needs import mark_missing
+from stackutil import local_topology, start_stack
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -34,9 +35,7 @@ ZONE_A = "us-west-2a"
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install "
-                                                "chromium)"),
-    pytest.mark.skipif(not components_ready(), reason="components not importable"),
+    mark_missing(CHROMIUM is None, "chromium not installed (apt-get install chromium)"),
 ]
 
 

@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from crosszone.config.load import default_document
+from crosszone.config.load import default_document_at
 from crosszone.drills import load_scenario, run_drill
 from crosszone.drills.cli import drill_app
 from crosszone.runtime import LocalStack
+from needs import missing
 from stackutil import start_stack, stop_stack, write_topology_file
 
 pytestmark = pytest.mark.integration
@@ -49,14 +50,7 @@ def _scenarios(destructive: bool) -> list[str]:
 
 def drill_topology(first: int) -> dict[str, Any]:
     """The built-in topology on 127.0.<first..first+2>.0/24, LB 127.0.0.<first>."""
-    doc: dict[str, Any] = default_document()
-    doc["zones"] = [{"name": z["name"], "subnet": f"127.0.{first + i}.0/24"}
-                    for i, z in enumerate(doc["zones"])]
-    doc["load_balancer"]["address"] = f"127.0.0.{first}"
-    doc["load_balancer"]["listeners"] = [
-        {"protocol": "HTTPS", "port": 18440 + first, "targetPort": 8080},
-        {"protocol": "HTTP", "port": 18000 + first, "targetPort": 8080}]
-    return doc
+    return default_document_at(first)
 
 
 @pytest.fixture(scope="class")
@@ -71,7 +65,7 @@ def _scenario_or_skip(name: str) -> None:
     if needs and os.geteuid() != 0:
         pytest.skip(f"{', '.join(needs)} needs root (nftables / cgroups); CI runs as root")
     if any(k.startswith("network") for k in needs) and not NEEDS_NFT:
-        pytest.skip("nft is not installed (apt-get install nftables)")
+        missing("nft is not installed (apt-get install nftables)")
 
 
 def _judge(name: str, out: Path) -> None:

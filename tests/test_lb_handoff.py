@@ -33,7 +33,7 @@ from crosszone.runtime.listeners import ENV_VAR, Listeners, inherited_listeners
 from crosszone.runtime.processes import pid_alive
 from crosszone.runtime.serve import serve
 from crosszone.runtime.supervisor import DRAIN_GRACE_SECONDS, Supervisor
-from stackutil import components_ready, local_topology, start_stack, stop_stack, wait_until
+from stackutil import local_topology, start_stack, stop_stack, wait_until
 
 LB_HOST, HTTP_PORT, HTTPS_PORT = "127.0.0.240", 18240, 18680
 CHAT = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]}
@@ -268,8 +268,6 @@ def _holds(pid: int, inodes: set[str]) -> bool:
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    if not components_ready():
-        pytest.skip("worker/gateway/LB apps are not importable yet")
     stack = start_stack(request, tmp_path_factory.mktemp("run"), topology(), timeout=120)
     yield stack
     stop_stack(stack)

@@ -32,7 +32,7 @@ from crosszone.monitoring.export import panel_expressions, scrape_config
 from crosszone.monitoring.settings import MonitoringSettings
 from crosszone.monitoring.slots import WorkerSlots
 from crosszone.runtime import LocalStack
-from stackutil import components_ready, local_topology, start_stack, wait_until
+from stackutil import local_topology, start_stack, wait_until
 
 A, B, C = "us-west-2a", "us-west-2b", "us-west-2c"
 CHAT = "/v1/chat/completions"
@@ -175,10 +175,6 @@ class Env:
         return doc
 
 
-needs_components = pytest.mark.skipif(not components_ready(),
-                                      reason="components not importable")
-
-
 @pytest.fixture(scope="module")
 def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Env]:
@@ -210,7 +206,6 @@ def _stream(client: httpx.Client, url: str) -> int:
     return tokens
 
 
-@needs_components
 def test_streams_fill_the_inter_token_and_queue_time_histograms(env: Env) -> None:
     worker = env.placement.worker(A, 1)
     metrics = f"{worker.url}/metrics"
@@ -242,7 +237,6 @@ def test_streams_fill_the_inter_token_and_queue_time_histograms(env: Env) -> Non
     assert total(after, "crosszone_worker_info", zone=A, node=f"{A}/worker-1") == 1
 
 
-@needs_components
 def test_lb_counts_requests_per_zone_as_the_answers_say(env: Env) -> None:
     metrics = f"{env.lb}/lb/metrics"
     before = scrape(metrics)
@@ -266,7 +260,6 @@ def test_lb_counts_requests_per_zone_as_the_answers_say(env: Env) -> None:
         {A, B, C}
 
 
-@needs_components
 def test_lb_weight_gauges_follow_put_weights_and_routing(env: Env,
                                                          request: pytest.FixtureRequest) -> None:
     side = SideLoadBalancer(env.topology)
@@ -327,7 +320,6 @@ def _workers(zone: dict[str, Any]) -> dict[str, bool]:
     return {n["name"]: n["up"] for n in zone["nodes"] if n["component"] == "worker"}
 
 
-@needs_components
 def test_monitor_follows_autoscaled_worker_slots(env: Env, tmp_path: Path) -> None:
     seen: list[dict[str, Any]] = []
     _watch(env, lambda z: _workers(z) == {f"{A}/worker-1": True, f"{A}/worker-2": True}

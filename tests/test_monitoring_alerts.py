@@ -41,6 +41,7 @@ from crosszone.monitoring.settings import MonitoringSettings, duckdb_path
 from crosszone.monitoring.store import FailoverRecord, LatencySample
 from crosszone.monitoring.view import Lag, NodeState, Prepared, Snapshot, ZoneState, zone_status
 from crosszone.runtime.rundir import RunDir
+from needs import missing
 from stackutil import local_topology
 
 PROMTOOL = shutil.which("promtool")
@@ -223,7 +224,7 @@ def test_monitor_metrics_parse() -> None:
 
 def _promtool(*args: str, cwd: Path) -> None:
     if PROMTOOL is None:
-        pytest.skip(NO_PROMTOOL)
+        missing(NO_PROMTOOL)
     proc = subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr

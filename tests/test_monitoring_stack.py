@@ -22,10 +22,9 @@ from crosszone.cli.report_cmds import report_app
 from crosszone.config import Placement, Topology
 from crosszone.runtime import LocalStack
 from monitorutil import MonitorHarness, fast_settings, wait_for
-from stackutil import components_ready, local_topology, start_stack
+from stackutil import local_topology, start_stack
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not components_ready(), reason="components not importable")]
+pytestmark = [pytest.mark.integration]
 
 LB = "http://127.0.0.160:18160"
 ZONE_A = "us-west-2a"

@@ -21,6 +21,7 @@ from crosszone.monitoring.store import (
     MetricsStore,
     SeriesPoint,
 )
+from needs import missing
 from pgutil import SKIP_REASON, PgServer, new_schema, pg_bin, postgres_servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ DAY = 86400.0
 @pytest.fixture(scope="module")
 def pg_server() -> Iterator[PgServer]:
     if pg_bin() is None:
-        pytest.skip(SKIP_REASON)
+        missing(SKIP_REASON)
     with postgres_servers([PG_HOST], port=PG_PORT) as servers:
         yield servers[0]
 

@@ -23,7 +23,6 @@ from crosszone.runtime import LocalStack, RunDir, StackStartError
 from crosszone.runtime.supervisor import Supervisor
 from stackutil import (
     all_gone,
-    components_ready,
     local_topology,
     start_stack,
     stop_stack,
@@ -33,8 +32,6 @@ from stackutil import (
 
 pytestmark = pytest.mark.integration
 
-needs_components = pytest.mark.skipif(not components_ready(),
-                                      reason="worker/gateway/LB apps are not importable yet")
 
 ZONE_A, ZONE_B, ZONE_C = "us-west-2a", "us-west-2b", "us-west-2c"
 
@@ -106,7 +103,6 @@ async def test_run_cycle_starts_restarts_and_respects_policy(tmp_path: Path) -> 
 
 # --- whole stacks --------------------------------------------------------------------------------
 
-@needs_components
 def test_cli_up_status_refuse_second_up_and_down(tmp_path: Path,
                                                  request: pytest.FixtureRequest) -> None:
     run_dir = tmp_path / "run"
@@ -149,7 +145,6 @@ def test_cli_up_status_refuse_second_up_and_down(tmp_path: Path,
     assert crosszone("status", "--run-dir", str(run_dir)).returncode == 1
 
 
-@needs_components
 def test_killed_processes_are_restarted_and_down_stops_all(
         tmp_path: Path, request: pytest.FixtureRequest) -> None:
     stack = start_stack(request, tmp_path / "run", local_topology())
@@ -178,7 +173,6 @@ def test_killed_processes_are_restarted_and_down_stops_all(
     assert stack.down() == []
 
 
-@needs_components
 def test_hold_keeps_a_zone_down_until_release(tmp_path: Path,
                                               request: pytest.FixtureRequest) -> None:
     stack = start_stack(request, tmp_path / "run", local_topology())
@@ -228,14 +222,11 @@ def test_run_with_a_port_taken_fails_clearly(tmp_path: Path, listening: socket.s
     topo = write_topology_file(tmp_path / "topology.json", local_topology())
     result = crosszone("run", "worker", "--zone", ZONE_A, "--index", "4", "-c", str(topo),
                        "--run-dir", str(tmp_path / "run"), timeout=60)
-    if "cannot be loaded" in result.stderr:
-        pytest.skip("the worker app is not importable yet")
     assert result.returncode == 1, result.stderr
     assert "cannot bind 127.0.103.24:9000: address already in use" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-@needs_components
 def test_up_fails_and_cleans_up_when_a_node_cannot_bind(tmp_path: Path,
                                                         listening: socket.socket) -> None:
     stack = LocalStack(tmp_path / "run")

@@ -106,6 +106,20 @@ def default_document() -> Any:
     return yaml.safe_load(text)
 
 
+def default_document_at(first: int) -> dict[str, Any]:
+    """The built-in topology moved to zones 127.0.<first..>.0/24 and an LB on 127.0.0.<first>
+    (HTTPS port 18440 + first, HTTP 18000 + first): a second stack beside the default one
+    (drills, benchmarks)."""
+    doc: dict[str, Any] = default_document()
+    doc["zones"] = [{"name": z["name"], "subnet": f"127.0.{first + i}.0/24"}
+                    for i, z in enumerate(doc["zones"])]
+    doc["load_balancer"]["address"] = f"127.0.0.{first}"
+    doc["load_balancer"]["listeners"] = [
+        {"protocol": "HTTPS", "port": 18440 + first, "targetPort": 8080},
+        {"protocol": "HTTP", "port": 18000 + first, "targetPort": 8080}]
+    return doc
+
+
 def load_topology(path: str | Path | None = None) -> Topology:
     """Load a topology file, or the built-in local default when ``path`` is None."""
     if path is None:

@@ -3,7 +3,7 @@
 
 from crosszone.replication.http import HttpPeer
 from crosszone.replication.peers import LocalPeer, ReplicationTransport, TxParticipant
-from crosszone.replication.shipper import DataReplicator, Shipper, rejoin_ready
+from crosszone.replication.shipper import DataReplicator, Shipper
 from crosszone.replication.transaction import CrossZoneTransaction, TxOutcome
 
 __all__ = [
@@ -15,5 +15,4 @@ __all__ = [
     "Shipper",
     "TxOutcome",
     "TxParticipant",
-    "rejoin_ready",
 ]

@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from crosszone.errors import StoreUnavailable, store_error_from_code
 from crosszone.replication.peers import ReplicationTransport, TxParticipant
 from crosszone.storage import Ack, Batch, Decision, PreparedTx, Record, Snapshot
+from crosszone.storage.wire import store_request
 
 
 class HttpPeer(ReplicationTransport, TxParticipant):
@@ -52,29 +52,9 @@ class HttpPeer(ReplicationTransport, TxParticipant):
     async def call(self, method: str, path: str, body: Any = None,
                    timeout: float | None = None) -> Any:
         """One request; the decoded JSON answer, or the StoreError the error body names."""
-        url = f"{self.base_url}{path}"
-        extra = {} if timeout is None else {"timeout": aiohttp.ClientTimeout(total=timeout)}
-        data = None if body is None else orjson.dumps(body)
-        try:
-            async with self._client().request(
-                    method, url, data=data, headers={"content-type": "application/json"},
-                    **extra) as resp:  # type: ignore[arg-type]
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"zone {self.zone} store at {self.base_url} unreachable: "
-                                   f"{type(exc).__name__} {exc}".rstrip()) from exc
-        try:
-            payload = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError as exc:
-            raise StoreUnavailable(f"zone {self.zone}: non-JSON answer ({status})") from exc
-        if status >= 400:
-            error = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
-            if status >= 500 and error.get("code") is None:
-                raise StoreUnavailable(f"zone {self.zone}: HTTP {status}")
-            raise store_error_from_code(error.get("code"),
-                                        f"zone {self.zone}: {error.get('message', status)}")
-        return payload
+        return await store_request(
+            self._client(), self.zone, self.base_url, method, path, body,
+            timeout=None if timeout is None else aiohttp.ClientTimeout(total=timeout))
 
     async def apply(self, batch: Batch) -> Ack:
         return Ack.from_json(await self.call("POST", "/replication/apply", batch.to_json()))

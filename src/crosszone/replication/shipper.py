@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from crosszone.errors import StoreError
 from crosszone.replication.peers import ReplicationTransport
@@ -205,7 +205,3 @@ class DataReplicator:
                 await task
         self._tasks.clear()
 
-
-def rejoin_ready(lags: Sequence[Lag], zone: str) -> bool:
-    """True when no zone has outbox entries left for ``zone``: it may return to service."""
-    return all(lag.records == 0 for lag in lags if lag.destination == zone)

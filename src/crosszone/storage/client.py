@@ -17,13 +17,13 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import orjson
 
 from crosszone.config.topology import Topology
-from crosszone.errors import StoreError, StoreUnavailable, store_error_from_code
+from crosszone.errors import StoreError
 from crosszone.storage.changes import Changes, Version
 from crosszone.storage.records import Lag, Record, Write
 from crosszone.storage.service import store_url
+from crosszone.storage.wire import store_request
 
 READ_TIMEOUT = 5.0
 WRITE_TIMEOUT = 12.0  # a strong write: prepare timeout + phase two retries
@@ -99,32 +99,10 @@ class StoreClient:
     async def call(self, method: str, path: str, body: Any = None, *,
                    timeout: float = READ_TIMEOUT, missing_ok: bool = False) -> Any:
         """One request: the decoded JSON answer (None for a 404 when ``missing_ok``)."""
-        data = None if body is None else orjson.dumps(body)
-        try:
-            async with self._session().request(
-                    method, self.base_url + path, data=data,
-                    headers={"content-type": "application/json"},
-                    timeout=aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 1.0)),
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"zone {self.zone} store at {self.base_url} unreachable: "
-                                   f"{type(exc).__name__} {exc}".rstrip()) from exc
-        try:
-            payload = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError as exc:
-            raise StoreUnavailable(f"zone {self.zone} store: non-JSON answer ({status})") from exc
-        if status < 400:
-            return payload
-        error = payload.get("error", {}) if isinstance(payload, dict) else {}
-        error = error if isinstance(error, dict) else {}
-        if status == 404 and missing_ok and error.get("code") == "not_found":
-            return None
-        if status >= 500 and error.get("code") is None:
-            raise StoreUnavailable(f"zone {self.zone} store: HTTP {status}")
-        raise store_error_from_code(error.get("code"),
-                                    f"zone {self.zone} store: {error.get('message', status)}")
+        return await store_request(
+            self._session(), self.zone, self.base_url, method, path, body,
+            timeout=aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 1.0)),
+            missing_ok=missing_ok)
 
     # ------------------------------------------------------------------ reads
     async def get(self, collection: str, key: str, *, strong: bool = False,
