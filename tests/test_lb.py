@@ -229,6 +229,23 @@ async def test_a_request_no_zone_can_serve_yet_waits_for_one_instead_of_failing(
     assert loop.time() - started >= 7.0
 
 
+async def test_what_a_zone_answered_beats_a_later_cannot_connect(
+        make_stack: StackFactory) -> None:
+    """The primary zone answers 500 (every worker fails) and the backups' gateways are gone
+    before the LB's checks notice: the client gets the zone's own answer, not "cannot connect
+    to zc" from the last attempt, which says nothing about why the request failed."""
+    stack = await make_stack(mode="active-backup", check_interval=5.0)
+    stack.hop.forwarder.patience_seconds = 0.0  # one round: what matters is which error wins
+    for worker in stack.fleet.workers.values():
+        worker.mode = "500"
+    for zone in ("zb", "zc"):
+        await stack.gateways[zone].stop()
+    resp = await stack.chat()
+    assert resp.headers["x-crosszone-lb-attempts"] == "3"  # za, then zb and zc refused
+    assert resp.status == 500, await resp.text()
+    assert (await resp.json())["error"]["message"] == "fake 500"
+
+
 @pytest.mark.filterwarnings("ignore:`verify=<str>` is deprecated:DeprecationWarning")
 async def test_https_listener_with_the_official_openai_client(make_stack: StackFactory) -> None:
     stack = await make_stack(mode="active-backup")

@@ -74,6 +74,7 @@ class FailoverStore:
         delay = self.backoff
         failures: list[str] = []
         last: StoreError = StoreUnavailable("no zone store configured")
+        answered: StoreError | None = None  # the last refusal of a store that did answer
         while True:
             for client in self._order():
                 if strong:
@@ -81,6 +82,8 @@ class FailoverStore:
                     if refused is not None:
                         failures.append(f"{client.zone}: {refused}")
                         last = refused
+                        if not isinstance(refused, StoreUnavailable):
+                            answered = refused
                         continue
                 try:
                     result = await op(client)
@@ -89,6 +92,8 @@ class FailoverStore:
                     last = exc
                     if isinstance(exc, StoreUnavailable):
                         self._distrust(client.zone)
+                    else:
+                        answered = exc
                     if isinstance(exc, TransactionAborted | StoreConflict):
                         break  # a participant or a key, not this coordinator: any would fail
                 else:
@@ -101,7 +106,10 @@ class FailoverStore:
                 log.warning("no zone store served the %s operation within %.1fs: %s",
                             "strong" if strong else "async", self.deadline,
                             "; ".join(failures[-3:]))
-                raise last
+                # a store that answered says why better than one that is down: "holds no
+                # lease" (409, no controller majority: refused by design) rather than
+                # "cannot connect" (503, which a load balancer would retry elsewhere)
+                raise answered if answered is not None else last
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
 

@@ -79,6 +79,7 @@ class Forwarder:
         deadline = started + self.timeouts.total_seconds
         tried: list[Endpoint] = []
         last: AttemptError | None = None
+        answered: AttemptError | None = None  # the last attempt an upstream answered (5xx)
         hedge = self.hedger is not None and self.hedger.wants(request.method, request.path,
                                                               body)
         patient_until = min(started + self.patience_seconds, deadline)
@@ -98,6 +99,8 @@ class Forwarder:
                                                deadline, hedge)
                 except AttemptError as exc:
                     last = exc
+                    if exc.response is not None:
+                        answered = exc
                     self.eject(exc.endpoint or ep, exc)
                 finally:
                     ep.outstanding -= 1
@@ -107,7 +110,8 @@ class Forwarder:
                 break
             await asyncio.sleep(backoff)
             backoff, tried = min(backoff * 2, 1.0), []
-        return self._give_up(attempts, last, rid, started)
+        # what an upstream said beats a later "cannot connect" to a zone that is down
+        return self._give_up(attempts, answered or last, rid, started)
 
     async def open(self, ep: Endpoint, method: str, path: str, body: bytes,
                    headers: CIMultiDict[str], headers_by: float,
