@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS failover_events (
@@ -46,9 +48,27 @@ class FailoverEvent:
     controller: str | None = None
     id: int | None = None
 
+    @property
+    def rto_ms(self) -> float:
+        """Recovery time: first bad evidence -> traffic moved (detection + action)."""
+        return (self.detection_delay_ms or 0.0) + self.duration_ms
 
-_COLUMNS = ("time", "kind", "from_zone", "to_zone", "reason", "detection_delay_ms",
-            "duration_ms", "success", "term", "controller")
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> FailoverEvent:
+        """An event from a row of the table (a ``sqlite3.Row`` as a dict) or from
+        ``GET /control/events`` JSON."""
+        delay, term, controller = row.get("detection_delay_ms"), row.get("term"), \
+            row.get("controller")
+        return cls(float(row["time"]), str(row["kind"]), str(row["from_zone"]),
+                   str(row["to_zone"]), str(row.get("reason") or ""),
+                   None if delay is None else float(delay), float(row["duration_ms"]),
+                   bool(row["success"]), None if term is None else int(term),
+                   None if controller is None else str(controller))
+
+
+COLUMNS = ("time", "kind", "from_zone", "to_zone", "reason", "detection_delay_ms",
+           "duration_ms", "success", "term", "controller")
+"""The table's columns but ``id``, in :class:`FailoverEvent`'s order."""
 
 
 class EventLog:
@@ -66,18 +86,18 @@ class EventLog:
         self._db.executescript(SCHEMA)
 
     def record(self, event: FailoverEvent) -> int:
-        values = [getattr(event, c) for c in _COLUMNS]
-        values[_COLUMNS.index("success")] = int(event.success)
+        values = [getattr(event, c) for c in COLUMNS]
+        values[COLUMNS.index("success")] = int(event.success)
         with self._lock:
             cur = self._db.execute(
-                f"INSERT INTO failover_events ({', '.join(_COLUMNS)}) "
-                f"VALUES ({', '.join('?' for _ in _COLUMNS)})", values)
+                f"INSERT INTO failover_events ({', '.join(COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in COLUMNS)})", values)
             return int(cur.lastrowid or 0)
 
     def recent(self, limit: int = 50) -> list[FailoverEvent]:
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {', '.join(_COLUMNS)}, id FROM failover_events "
+                f"SELECT {', '.join(COLUMNS)}, id FROM failover_events "
                 "ORDER BY time DESC, id DESC LIMIT ?", (limit,)).fetchall()
         return [FailoverEvent(time=row[0], kind=row[1], from_zone=row[2], to_zone=row[3],
                               reason=row[4], detection_delay_ms=row[5], duration_ms=row[6],

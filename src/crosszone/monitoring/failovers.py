@@ -15,23 +15,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from crosszone.control.events import COLUMNS
 from crosszone.monitoring.store import FailoverRecord, MetricsStore
 
 EVENTS_LIMIT = 1000
-_COLUMNS = ("time", "kind", "from_zone", "to_zone", "reason", "detection_delay_ms",
-            "duration_ms", "success", "term", "controller")
 
 
 def record_from(row: Mapping[str, Any]) -> FailoverRecord:
     """A record from a control-plane row (SQLite row or ``/control/events`` JSON)."""
-    delay = row.get("detection_delay_ms")
-    term = row.get("term")
-    controller = row.get("controller")
-    return FailoverRecord(float(row["time"]), str(row["kind"]), str(row["from_zone"]),
-                          str(row["to_zone"]), str(row.get("reason") or ""),
-                          None if delay is None else float(delay), float(row["duration_ms"]),
-                          bool(row["success"]), None if term is None else int(term),
-                          None if controller is None else str(controller))
+    return FailoverRecord.from_row(row)
 
 
 def read_sqlite_events(path: Path, after: float) -> list[FailoverRecord]:
@@ -47,7 +39,7 @@ def read_sqlite_events(path: Path, after: float) -> list[FailoverRecord]:
         return []
     try:
         db.row_factory = sqlite3.Row
-        rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM failover_events WHERE time > ? "
+        rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM failover_events WHERE time > ? "
                           "ORDER BY time LIMIT ?", (after, EVENTS_LIMIT)).fetchall()
         return [record_from(dict(r)) for r in rows]
     except sqlite3.Error:

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from crosszone.control.events import FailoverEvent
 from crosszone.monitoring.settings import MonitoringSettings, duckdb_path
 
 # Seed 5.2, first query: average and p95 cross-zone latency per zone over the last hour.
@@ -98,25 +99,8 @@ class LatencyRow:
     p95_latency: float
 
 
-@dataclass(frozen=True)
-class FailoverRecord:
-    """One row of ``failover_events`` (the control plane's columns; ``time`` unix seconds)."""
-
-    time: float
-    kind: str
-    from_zone: str
-    to_zone: str
-    reason: str
-    detection_delay_ms: float | None
-    duration_ms: float
-    success: bool
-    term: int | None = None
-    controller: str | None = None
-
-    @property
-    def rto_ms(self) -> float:
-        """Recovery time: first bad evidence -> traffic moved (detection + action)."""
-        return (self.detection_delay_ms or 0.0) + self.duration_ms
+FailoverRecord = FailoverEvent
+"""One row of ``failover_events``: the control plane's event as the monitor copies it."""
 
 
 @dataclass(frozen=True)
