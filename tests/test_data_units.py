@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -83,16 +84,26 @@ def test_cache_expires_and_drops_fills_that_raced_an_invalidation() -> None:
 
 
 class FakeRecorder:
-    def __init__(self) -> None:
+    """Records at once, or holds each write until ``gate`` is set (a slow store)."""
+
+    def __init__(self, gate: asyncio.Event | None = None) -> None:
         self.records: list[UsageRecord] = []
+        self.gate = gate
 
     async def record(self, record: UsageRecord) -> bool:
         self.records.append(record)
+        if self.gate is not None:
+            await self.gate.wait()
         return True
 
 
 USAGE_EVENT = (b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":7,'
                b'"completion_tokens":3,"total_tokens":10}}\n\n')
+TOKEN_EVENT = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+
+
+async def _nothing(out: bytes) -> None:
+    raise AssertionError(f"nothing to flush before the usage block, got {out!r}")
 
 
 @pytest.mark.parametrize("strip", [True, False])
@@ -100,14 +111,35 @@ async def test_usage_tap_records_once_and_strips_when_asked(strip: bool) -> None
     recorder = FakeRecorder()
     base = UsageRecord("rid", "key", "m", "chat", "za")
     tap = UsageTap(recorder, base, strip=strip, resent=2)  # type: ignore[arg-type]
-    token = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
-    assert await tap.feed(token) == token
-    out = await tap.feed(USAGE_EVENT + b"data: [DONE]\n\n")
+    assert await tap.feed(TOKEN_EVENT, _nothing) == TOKEN_EVENT
+    out = await tap.feed(USAGE_EVENT + b"data: [DONE]\n\n", _nothing)
     assert out == (b"" if strip else USAGE_EVENT) + b"data: [DONE]\n\n"
-    assert await tap.feed(USAGE_EVENT) == USAGE_EVENT  # only the first one counts
+    assert await tap.feed(USAGE_EVENT, _nothing) == USAGE_EVENT  # only the first one counts
     [record] = recorder.records
     # two tokens the client already had were re-sent as prompt: billed as completion
     assert (record.prompt_tokens, record.completion_tokens) == (5, 5)
+
+
+async def test_usage_tap_sends_the_last_tokens_before_the_usage_write_completes() -> None:
+    """The worker's last read often holds the last token, the usage block and [DONE]: the
+    token goes to the client at once; only the usage block and [DONE] wait for the store."""
+    gate = asyncio.Event()
+    recorder = FakeRecorder(gate)
+    tap = UsageTap(recorder, UsageRecord("rid", "key", "m", "chat", "za"),  # type: ignore[arg-type]
+                   strip=False)
+    sent: list[bytes] = []
+
+    async def flush(out: bytes) -> None:
+        sent.append(out)
+
+    feeding = asyncio.create_task(tap.feed(TOKEN_EVENT + USAGE_EVENT + b"data: [DONE]\n\n",
+                                           flush))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sent == [TOKEN_EVENT] and len(recorder.records) == 1
+    assert not feeding.done()  # the usage block waits for the durable write
+    gate.set()
+    assert await feeding == USAGE_EVENT + b"data: [DONE]\n\n"
 
 
 def test_aggregate_per_key_and_model() -> None:

@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from crosszone.dataplane.proxy.migration import PREFIX_TOKENS_HEADER
+from crosszone.dataplane.proxy.tap import Flush
 from crosszone.errors import StoreError
 from crosszone.storage.client import ZoneStores
 from crosszone.storage.records import Write
@@ -196,7 +197,7 @@ class UsageTap:
         self.resent = resent
         self.recorded = False
 
-    async def feed(self, out: bytes) -> bytes:
+    async def feed(self, out: bytes, flush: Flush) -> bytes:
         if self.recorded or b'"usage"' not in out:
             return out
         blocks = out.split(b"\n\n")
@@ -205,7 +206,16 @@ class UsageTap:
             usage = None if i == len(blocks) - 1 else usage_block(block)
             if usage is not None and not self.recorded:
                 self.recorded = True
-                await self.recorder.record(self.record.with_tokens(usage, self.resent))
+                # the events in front of the usage block (the last tokens, the finish reason)
+                # go now; only the usage block and [DONE] wait for the durable write
+                recording = asyncio.ensure_future(
+                    self.recorder.record(self.record.with_tokens(usage, self.resent)))
+                try:
+                    if kept:
+                        await flush(b"\n\n".join(kept) + b"\n\n")
+                        kept = []
+                finally:
+                    await recording
                 if self.strip:
                     continue
             kept.append(block)

@@ -154,6 +154,12 @@ class StreamRelay:
         tail = self._tail
         failure: AttemptError | None = None
         watchdog = IdleWatchdog(content, self.idle_seconds, self.deadline)
+
+        async def flush(out: bytes) -> None:
+            nonlocal tail
+            tail = out if len(out) >= _TAIL else (tail + out)[-_TAIL:]
+            await response.write(out)
+
         try:
             while True:
                 error: dict[str, Any] | None = None
@@ -163,15 +169,14 @@ class StreamRelay:
                     out, error = self._record(chunk, recorder)
                 else:
                     out = chunk
-                if out and self.tap is not None:
-                    out = await self.tap.feed(out)
-                if out:
-                    tail = out if len(out) >= _TAIL else (tail + out)[-_TAIL:]
-                    try:
-                        await response.write(out)
-                    except _CLIENT_GONE:
-                        self._drop_client()
-                        return None
+                try:
+                    if out and self.tap is not None:
+                        out = await self.tap.feed(out, flush)
+                    if out:
+                        await flush(out)
+                except _CLIENT_GONE:
+                    self._drop_client()
+                    return None
                 if error is not None:
                     return await self._error_event(response, error)
                 watchdog.arm()
