@@ -210,6 +210,9 @@ async def test_one_leader_pushes_weights_and_every_zone_serves_dns(active_active
     leader = stack.leader()
     assert leader is not None
     follower = next(c for c in stack.controllers.values() if c is not leader)
+    # a follower learns who leads from the coordination backend, shortly after the leader
+    # itself knows
+    await wait_until(lambda: follower.elector.known_leader is not None, 3.0)
     async with httpx.AsyncClient() as http:
         doc = (await http.get(f"http://{NETS[follower.zone]}.5:{stack.settings.api_port}"
                               "/control/status")).json()

@@ -168,6 +168,17 @@ class ManagedProcess:
             self.popen.wait()
             self.reap()
 
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the process to end (after SIGKILL: a few ms), without
+        reaping it; True if it is gone."""
+        if self.popen is None:
+            return True
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def close_listeners(self) -> bool:
         """Stop holding the node's listening sockets; False if none were open."""
         return self.listeners is not None and self.listeners.close()

@@ -40,6 +40,7 @@ from crosszone.runtime.serve import listen_addresses
 
 TICK_SECONDS = 0.1
 STOP_GRACE_SECONDS = 5.0
+KILL_WAIT_SECONDS = 1.0  # hold(KILL) returns once the processes are gone, or after this
 DRAIN_GRACE_SECONDS = 30.0  # a retired process still draining is SIGKILLed after this
 # Whose listening sockets the supervisor holds across restarts: the LB's, which no one in front
 # retries. A gateway or worker that is down must refuse at once, so that the hop in front
@@ -227,6 +228,12 @@ class Supervisor:
             proc.send(sig)
             if sig != signal.SIGSTOP:  # it stops serving now: refuse, do not queue
                 proc.close_listeners()
+        if sig == signal.SIGKILL:
+            # "held" means dead when this returns: a SIGKILLed process still runs until the
+            # kernel next schedules it, which on a loaded machine is not at once
+            gone_by = time.monotonic() + KILL_WAIT_SECONDS
+            for proc in matched:
+                proc.wait_exit(max(0.0, gone_by - time.monotonic()))
         if matched:
             log.info("held %s with SIG%s", ", ".join(p.name for p in matched), signal_name)
             self.write_state()
