@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,6 @@ from crosszone.control.events import COLUMNS
 from crosszone.monitoring.store import FailoverRecord, MetricsStore
 
 EVENTS_LIMIT = 1000
-
-
-def record_from(row: Mapping[str, Any]) -> FailoverRecord:
-    """A record from a control-plane row (SQLite row or ``/control/events`` JSON)."""
-    return FailoverRecord.from_row(row)
 
 
 def read_sqlite_events(path: Path, after: float) -> list[FailoverRecord]:
@@ -41,7 +36,7 @@ def read_sqlite_events(path: Path, after: float) -> list[FailoverRecord]:
         db.row_factory = sqlite3.Row
         rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM failover_events WHERE time > ? "
                           "ORDER BY time LIMIT ?", (after, EVENTS_LIMIT)).fetchall()
-        return [record_from(dict(r)) for r in rows]
+        return [FailoverRecord.from_row(dict(r)) for r in rows]
     except sqlite3.Error:
         return []  # not created yet, or locked past the timeout: next cycle
     finally:
@@ -54,7 +49,7 @@ def events_from_json(doc: Any) -> list[FailoverRecord]:
     out = []
     for row in doc["events"]:
         try:
-            out.append(record_from(row))
+            out.append(FailoverRecord.from_row(row))
         except (KeyError, TypeError, ValueError):
             continue
     return out
